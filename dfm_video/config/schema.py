@@ -1,0 +1,243 @@
+"""Typed configuration for every dfm-video command.
+
+One dataclass per section; a string literal under each field documents it (torchtitan's habit).
+Unknown keys, wrong types and missing required values are rejected by `dfm_video.config.loader`,
+never silently ignored. Batch sizes and the DeepSpeed JSON are derived from these fields, never
+written twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass
+class ModelConfig:
+    """3D DiT architecture (`dfm_video.models`)."""
+
+    name: str = "DiT3D-S"
+    """Size from the registry: DiT3D-S, DiT3D-B, DiT3D-L, DiT3D-XL."""
+    depth: Optional[int] = None
+    """Override the registry's number of blocks (tiny test models)."""
+    hidden_size: Optional[int] = None
+    """Override the registry's width."""
+    num_heads: Optional[int] = None
+    """Override the registry's number of attention heads."""
+    in_channels: int = 16
+    """Latent channels C of the autoencoder the shards were encoded with."""
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    """Patch (pt, ph, pw) of the FINEST stage; coarser stages' patches derive from the factors."""
+    num_classes: int = 700
+    """Number of class labels (700 for Kinetics-700); one extra null class is added for CFG."""
+    class_dropout: float = 0.1
+    """Probability of replacing the label by the null class during training (CFG)."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width / model width."""
+    qk_norm: bool = True
+    """RMS-normalise queries and keys before attention (stabilises bf16 training)."""
+    stage_embedding: bool = True
+    """Add a learned embedding of the current stage index to the conditioning (paper: yes)."""
+    rope_theta: float = 10000.0
+    """Base of the 3D axial rotary position embedding."""
+    attention: Literal["auto", "sdpa", "flash", "xformers"] = "auto"
+    """Attention backend; `auto` picks the fastest one available on the device."""
+    kernels: Literal["auto", "triton", "torch"] = "auto"
+    """Fused ops: Triton on CUDA when importable (`auto`), or the pure-torch references."""
+    activation_checkpointing: bool = False
+    """Recompute each block in the backward pass to save activation memory."""
+    compile: bool = False
+    """Wrap the blocks with torch.compile."""
+
+
+@dataclass
+class DFMConfig:
+    """Decomposable Flow Matching (`dfm_video.dfm`); see shared/DFM_METHOD.md."""
+
+    num_stages: int = 2
+    """Pyramid stages S; 1 is plain flow matching (the baseline)."""
+    factors: list[tuple[int, int, int]] = field(default_factory=lambda: [(1, 2, 2)])
+    """Resampling factor (ft, fh, fw) from stage i+1 to stage i+2, coarse to fine; len = S - 1."""
+    temporal_mode: Literal["causal", "uniform"] = "causal"
+    """How a temporal factor 2 treats frames: `causal` keeps frame 0 apart at every level
+    (T = 1 + 2k, what causal video VAEs produce); `uniform` pools all frames in pairs (even T)."""
+    stage_probs: list[float] = field(default_factory=lambda: [0.9, 0.1])
+    """p_q: probability of training stage q (coarse to fine); must sum to 1, len = S."""
+    stage_sampling: Literal["per_sample", "per_batch"] = "per_sample"
+    """Draw the trained stage Q per sample (default) or once per batch."""
+    current_loc: float = 0.0
+    """Logit-normal location of t for the trained stage Q."""
+    current_scale: float = 1.0
+    """Logit-normal scale of t for the trained stage Q."""
+    earlier_loc: float = 1.5
+    """Logit-normal location of t for stages earlier than Q (biased towards clean)."""
+    earlier_scale: float = 1.0
+    """Logit-normal scale of t for stages earlier than Q."""
+    standardize: bool = True
+    """Scale each level to unit std with dataset statistics (paper: on for video, off for images)."""
+
+
+@dataclass
+class DataConfig:
+    """Training data: preprocessed shards (`dfm_video.data`)."""
+
+    shards: str = ""
+    """Directory of shards written by `data_pipeline.preprocess`."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank."""
+    shuffle: bool = True
+    """Shuffle samples each epoch (deterministically from train.seed and the epoch)."""
+    drop_incompatible: bool = False
+    """Skip (and count) samples whose latent shape differs from the majority bucket instead of failing."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule (paper values as defaults)."""
+
+    lr: float = 1e-4
+    """Peak learning rate."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay."""
+    warmup_steps: int = 10000
+    """Linear warmup from 0 to lr."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """Learning-rate shape after warmup."""
+    min_lr_ratio: float = 0.0
+    """Final lr / peak lr of the cosine schedule."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clipping threshold (0 disables)."""
+
+
+@dataclass
+class DistributedConfig:
+    """DeepSpeed ZeRO and precision; the DeepSpeed JSON is generated from these fields."""
+
+    zero_stage: int = 2
+    """ZeRO stage 0-3."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Training precision (fp16 is not supported: DFM trains in bf16 like the paper)."""
+    micro_batch_size: int = 1
+    """Samples per rank per forward pass."""
+    global_batch_size: int = 256
+    """Samples per optimizer step over all ranks; gradient accumulation is derived from it."""
+    offload_optimizer: bool = False
+    """Keep optimizer states in CPU memory (ZeRO >= 1)."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Process-group backend; auto = nccl on CUDA, gloo on CPU."""
+
+
+@dataclass
+class TrainConfig:
+    """The training loop (`dfm_video.train`)."""
+
+    output_dir: str = "outputs/train"
+    """Run directory: checkpoints, TensorBoard logs, exports."""
+    steps: int = 200000
+    """Optimizer steps to train."""
+    seed: int = 0
+    """Seed for parameters, data order, noise and timesteps."""
+    log_every: int = 100
+    """Steps between metric logs (the host syncs only then)."""
+    ckpt_every: int = 5000
+    """Steps between checkpoints."""
+    keep_last: int = 3
+    """Checkpoints kept on disk."""
+    ema_decay: float = 0.9999
+    """EMA decay of the weights used for sampling."""
+    max_nonfinite: int = 5
+    """Stop after this many consecutive steps with a non-finite loss."""
+    peak_tflops: float = 752.0
+    """Dense bf16 peak per device for MFU (H100 measured: 752, H200: 786)."""
+    tensorboard: bool = True
+    """Write TensorBoard event files."""
+
+
+@dataclass
+class SampleConfig:
+    """Stage-wise generation (`dfm_video.sample`)."""
+
+    steps: list[int] = field(default_factory=lambda: [30, 10])
+    """Euler steps per stage, coarse to fine (len = S)."""
+    tau: float = 0.9
+    """A stage hands over to the next one when its t reaches tau."""
+    cfg_scale: float = 1.0
+    """Classifier-free guidance scale (1 = no guidance)."""
+    cfg_interval: Optional[tuple[float, float]] = None
+    """Guide a stage only while its t lies in [a, b]; None guides at every t."""
+    num_samples: int = 4
+    """Videos to generate."""
+    seed: int = 0
+    """Seed of the initial noise."""
+
+
+@dataclass
+class PreprocessConfig:
+    """The Ray preprocessing job (`data_pipeline.preprocess`)."""
+
+    input_type: Literal["kinetics", "folder", "images"] = "kinetics"
+    """Kinetics-700 CSV + clip root, a folder of videos, or an ImageNet-style image folder."""
+    annotations: str = ""
+    """Kinetics annotation CSV (label,youtube_id,time_start,time_end,split)."""
+    input_dir: str = ""
+    """Clip root (Kinetics: {split}/{label}/{youtube_id}_{start:06d}_{end:06d}.mp4) or folder."""
+    labels_file: str = ""
+    """Text file of label names, one per line: line i has id i (stable ids)."""
+    split: str = "train"
+    """Kinetics split to process."""
+    output_dir: str = "outputs/shards"
+    """Where shards, statistics, labels, manifest and rejects go."""
+    num_frames: int = 17
+    """Frames sampled per clip (causal VAEs want 1 + 4k)."""
+    fps: float = 8.0
+    """Target frame rate of the sampled frames."""
+    resolution: tuple[int, int] = (64, 64)
+    """Output frame size (H, W) after resize and centre crop."""
+    decoder: Literal["decord", "pyav"] = "decord"
+    """Video decoder; PyAV is the fallback when decord cannot open a file."""
+    autoencoder: Literal["pixel", "cogvideox", "wan", "kl"] = "pixel"
+    """Latent codec: weight-free space-to-depth `pixel`, or a diffusers VAE."""
+    autoencoder_path: str = ""
+    """Local directory of the diffusers VAE (never a hub id)."""
+    pixel_patch: tuple[int, int, int] = (1, 4, 4)
+    """Space-to-depth patch (pt, ph, pw) of the pixel codec."""
+    samples_per_shard: int = 256
+    """Clips per shard file."""
+    decode_cpus: float = 1.0
+    """CPUs per decode task."""
+    encode_actors: int = 1
+    """Autoencoder actors."""
+    encode_cpus: float = 0.5
+    """CPUs per autoencoder actor (fractional: Ray deadlocks on small machines otherwise)."""
+    encode_gpus: float = 0.0
+    """GPUs per autoencoder actor (0 on CPU-only machines)."""
+    batch_size: int = 4
+    """Clips per autoencoder batch."""
+    ray_address: str = ""
+    """Ray cluster address; empty starts an embedded local Ray."""
+    num_cpus: Optional[int] = None
+    """CPUs of the embedded local Ray (None = all)."""
+    limit: Optional[int] = None
+    """Process at most this many clips (smoke tests)."""
+    strict: bool = False
+    """Exit non-zero when any clip was rejected."""
+
+
+@dataclass
+class Config:
+    """Everything one run needs; saved resolved beside shards, checkpoints and exports."""
+
+    name: str = "dfm-video"
+    """Run name."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dfm: DFMConfig = field(default_factory=DFMConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
