@@ -1,0 +1,34 @@
+# dfm-video: `make test` builds .venv once (idempotent) and runs the whole test suite.
+#   TORCH_SPEC   torch to install first; GPU users pass their CUDA build, e.g.
+#                make test TORCH_SPEC="torch==2.11.0 --index-url <your CUDA wheel index>"
+#   TRITON_SPEC  triton for the kernel tests (its interpreter runs them on CPU); empty skips them.
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+TRITON_SPEC ?= triton==3.7.1
+PYTEST_ARGS ?=
+
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.dfm-installed
+
+.PHONY: install test clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Re-installs only when pyproject.toml or the requested specs change.
+$(STAMP): pyproject.toml Makefile | $(PY)
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(if $(strip $(TRITON_SPEC)),$(PY) -m pip install --quiet $(TRITON_SPEC))
+	$(PY) -c "import torch, deepspeed, ray, av, decord, diffusers; print('installed: torch', torch.__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)
