@@ -1,0 +1,199 @@
+"""The trainer's reader over preprocessed shards: validated against the config, resumable, rank-sharded.
+
+Batches have one shape: a dataset whose clips have several latent shapes is refused, or with
+`data.drop_incompatible` only its most common shape is kept (the others are counted and named).
+Pyramids stored with other factors than the config's are recomposed and re-decomposed exactly on
+the device (the Laplacian pyramid is linear and invertible); per-level statistics exist only for
+the stored pyramid, so that path requires `dfm.standardize: false`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from dfm_video.config import Config
+from dfm_video.data.sampler import ResumableSampler
+from dfm_video.data.schema import (
+    LATENT_DTYPE,
+    DatasetInfo,
+    level_column,
+    level_shape_column,
+    read_shard_meta,
+)
+from dfm_video.dfm import LevelStats, decompose, level_shapes, recompose, standardize
+
+
+class ShardDataset(Dataset):
+    """Random access to clips: index -> (levels as stored, label id). Keeps a few row groups cached."""
+
+    def __init__(self, index: list[tuple[Path, int, int]], num_levels: int, cache_groups: int = 4) -> None:
+        self.index = index  # (shard path, row group, row within group)
+        self.num_levels = num_levels
+        self.cache_groups = cache_groups
+        self._cache: OrderedDict[tuple[Path, int], dict[str, list]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _group(self, path: Path, group: int) -> dict[str, list]:
+        key = (path, group)
+        if key not in self._cache:
+            cols = ["label_id"] + [c for s in range(self.num_levels) for c in (level_column(s), level_shape_column(s))]
+            table = pq.ParquetFile(path).read_row_group(group, columns=cols)
+            self._cache[key] = {c: table.column(c).to_pylist() for c in cols}
+            if len(self._cache) > self.cache_groups:
+                self._cache.popitem(last=False)
+        return self._cache[key]
+
+    def __getitem__(self, i: int) -> tuple[list[Tensor], int]:
+        path, group, row = self.index[i]
+        g = self._group(path, group)
+        levels = []
+        for s in range(self.num_levels):
+            arr = np.frombuffer(g[level_column(s)][row], dtype=LATENT_DTYPE).reshape(g[level_shape_column(s)][row])
+            levels.append(torch.from_numpy(arr.astype(np.float32)))
+        return levels, int(g["label_id"][row])
+
+
+def _collate(items: list[tuple[list[Tensor], int]]) -> tuple[list[Tensor], Tensor]:
+    levels = [torch.stack([it[0][s] for it in items]) for s in range(len(items[0][0]))]
+    return levels, torch.tensor([it[1] for it in items], dtype=torch.long)
+
+
+@dataclass
+class TrainingData:
+    """Shards opened for training with `cfg`; `batches()` yields device-ready (levels, labels)."""
+
+    cfg: Config
+    info: DatasetInfo
+    dataset: ShardDataset
+    latent_shape: tuple[int, int, int]  # finest (T, H, W) of the configured pyramid
+    channels: int
+    stats: Optional[LevelStats]
+    redecompose: bool
+    dropped: int
+
+    def _prepare(self, levels: list[Tensor], labels: Tensor, device: torch.device) -> tuple[list[Tensor], Tensor]:
+        levels = [x.to(device, non_blocking=True) for x in levels]
+        if self.redecompose:
+            full = recompose(levels, self.info.factors, self.info.temporal_mode)
+            levels = decompose(full, self.cfg.dfm.factors, self.cfg.dfm.temporal_mode)
+        if self.stats is not None:
+            levels = standardize(levels, self.stats)
+        labels = labels.to(device)
+        # unlabelled clips (label_id -1) train the unconditional branch
+        labels = torch.where(labels < 0, torch.full_like(labels, self.cfg.model.num_classes), labels)
+        return levels, labels
+
+    def batches(self, *, rank: int, world_size: int, start: int, device: torch.device) -> Iterator[tuple[list[Tensor], Tensor]]:
+        """Endless micro-batches for this rank from global sample position `start`."""
+        d = self.cfg.distributed
+        sampler = ResumableSampler(
+            len(self.dataset),
+            global_batch=d.global_batch_size,
+            micro_batch=d.micro_batch_size,
+            rank=rank,
+            world_size=world_size,
+            seed=self.cfg.train.seed,
+            shuffle=self.cfg.data.shuffle,
+            start=start,
+        )
+        workers = self.cfg.data.num_workers
+        loader = DataLoader(
+            self.dataset,
+            batch_size=d.micro_batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=2 if workers > 0 else None,
+        )
+        for levels, labels in loader:
+            yield self._prepare(levels, labels, device)
+
+    def dataset_meta(self) -> dict[str, Any]:
+        """What the sampler needs to turn generated levels into video (saved beside the export)."""
+        return {
+            "labels": self.info.labels,
+            "autoencoder": self.info.autoencoder,
+            "latent_shape": [self.channels, *self.latent_shape],
+            "factors": [list(f) for f in self.cfg.dfm.factors],
+            "temporal_mode": self.cfg.dfm.temporal_mode,
+            "stats": self.stats.to_dict() if self.stats is not None else None,
+            "source": str(self.info.root),
+        }
+
+
+def open_training_data(cfg: Config, source: str = "config") -> TrainingData:
+    """Open cfg.data.shards and check it against cfg; every mismatch is a ValueError naming both sides."""
+    root = Path(cfg.data.shards)
+    if not root.is_dir():
+        raise ValueError(f"{source}: data.shards='{root}' is not a directory (run data_pipeline.preprocess first)")
+    info = DatasetInfo.load(root)
+    if not info.shards:
+        raise ValueError(f"{root}: no shards (every clip was rejected? see {root}/rejects.parquet)")
+    codec = info.autoencoder
+    index: list[tuple[Path, int, int]] = []
+    shapes: list[tuple] = []
+    for path in info.shards:
+        meta = read_shard_meta(path)
+        if meta.autoencoder.get("id") != codec.get("id"):
+            raise ValueError(f"{path}: encoded with autoencoder '{meta.autoencoder.get('id')}', the dataset with '{codec.get('id')}'")
+        pf = pq.ParquetFile(path)
+        for g in range(pf.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            index += [(path, g, r) for r in range(n)]
+            shapes += [tuple(tuple(s) for s in meta.level_shapes)] * n
+    counts = Counter(shapes)
+    dropped = 0
+    if len(counts) > 1:
+        if not cfg.data.drop_incompatible:
+            listing = ", ".join(f"{n} clips of {list(map(list, s))}" for s, n in counts.most_common())
+            raise ValueError(f"{root}: clips have different latent shapes ({listing}); set data.drop_incompatible=true to keep the most common")
+        keep = counts.most_common(1)[0][0]
+        dropped = len(index) - counts[keep]
+        index = [ix for ix, s in zip(index, shapes) if s == keep]
+        print(f"data: kept {len(index)} clips of shape {list(map(list, keep))}, dropped {dropped} of other shapes", flush=True)
+    stored = [list(s) for s in counts.most_common(1)[0][0]]  # (C, T, H, W) per stored level
+    channels = stored[-1][0]
+    if channels != cfg.model.in_channels:
+        raise ValueError(
+            f"{source}: model.in_channels={cfg.model.in_channels} but the shards in {root} have {channels} latent channels "
+            f"(autoencoder '{codec.get('id')}')"
+        )
+    if len(info.labels) > cfg.model.num_classes:
+        raise ValueError(f"{source}: model.num_classes={cfg.model.num_classes} but {root} has {len(info.labels)} labels")
+    finest = tuple(stored[-1][1:])
+    same = [list(f) for f in info.factors] == [list(f) for f in cfg.dfm.factors] and info.temporal_mode == cfg.dfm.temporal_mode
+    if not same:
+        try:
+            level_shapes(finest, cfg.dfm.factors, cfg.dfm.temporal_mode)
+        except ValueError as exc:
+            raise ValueError(f"{source}: dfm.factors {cfg.dfm.factors} cannot decompose the latents of {root}: {exc}") from exc
+        if cfg.dfm.standardize:
+            raise ValueError(
+                f"{source}: the shards in {root} were decomposed with factors {info.factors} ({info.temporal_mode}), the config "
+                f"asks for {[list(f) for f in cfg.dfm.factors]} ({cfg.dfm.temporal_mode}); they can be re-decomposed exactly, but "
+                "per-level statistics exist only for the stored pyramid: set dfm.standardize=false or re-run preprocessing"
+            )
+    stats = info.stats() if cfg.dfm.standardize else None
+    return TrainingData(
+        cfg=cfg,
+        info=info,
+        dataset=ShardDataset(index, len(stored)),
+        latent_shape=finest,
+        channels=channels,
+        stats=stats,
+        redecompose=not same,
+        dropped=dropped,
+    )

@@ -1,0 +1,5 @@
+import sys
+
+from dfm_video.train.cli import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""Command line of the trainer (used by dfm_video/train.py and `python -m dfm_video.train`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from dfm_video.config import load_config, require, resolve_config_path
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dfm_video/train.py", description="Train a DFM video DiT under DeepSpeed.")
+    p.add_argument("--config", required=True, help="YAML path, or a name under configs/ (e.g. k700.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
+    p.add_argument("--resume", default="auto", help="'auto' (latest checkpoint in train.output_dir, if any), 'none', or a checkpoint folder")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    # test hooks: make the first N losses of one step NaN (exercises the non-finite guard)
+    p.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--fail-times", type=int, default=1, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        path = resolve_config_path(args.config)
+        cfg = load_config(path, args.overrides)
+        require(cfg, "data.shards", source=str(path))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # heavy imports (deepspeed) only after the config is valid
+    from dfm_video.train.trainer import NonFiniteLossError, train
+
+    try:
+        train(cfg, resume=args.resume, config_source=str(path), fail_at_step=args.fail_at_step, fail_times=args.fail_times)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    return 0

@@ -1,0 +1,56 @@
+"""The DeepSpeed seam: process-group setup and `deepspeed.initialize`. The only deepspeed import
+in the project lives under dfm_video/train/."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def import_deepspeed() -> Any:
+    """Import deepspeed with the CPU accelerator where there is no GPU (gloo, no shm JIT build)."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    if not torch.cuda.is_available():
+        # The shm comm op JIT-compiles for ~45 s on first use; plain gloo gives identical results.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return deepspeed
+
+
+def init_distributed(backend: str = "auto") -> DistInfo:
+    """Start the process group from the launcher's environment (deepspeed or torchrun)."""
+    deepspeed = import_deepspeed()
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise RuntimeError(
+            "dfm_video/train.py must be started by a launcher: `deepspeed dfm_video/train.py ...` or "
+            "`torchrun --nproc_per_node N dfm_video/train.py ...` (no RANK/WORLD_SIZE in the environment)"
+        )
+    cuda = torch.cuda.is_available()
+    if backend == "auto":
+        backend = "nccl" if cuda else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    deepspeed.init_distributed(dist_backend=backend)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local_rank, device)
+
+
+def create_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ds_config: dict) -> tuple[Any, Any]:
+    """Wrap model + client optimizer + scheduler; returns (engine, scheduler as DeepSpeed holds it)."""
+    deepspeed = import_deepspeed()
+    engine, _, _, sched = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    return engine, sched

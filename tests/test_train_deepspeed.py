@@ -1,0 +1,159 @@
+"""The trainer for real: the `deepspeed` launcher (and torchrun) with 2 CPU ranks over gloo, on
+shards made by the real Ray pipeline from real clips."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train_helpers import BIN, ROOT, cpu_env, deepspeed_cmd, free_port, read_metrics, run
+
+pytestmark = pytest.mark.slow
+
+
+def _overrides(shards: Path, out: Path, *extra: str) -> list[str]:
+    return [f"data.shards={shards}", f"train.output_dir={out}", "train.log_every=1", *extra]
+
+
+@pytest.fixture(scope="module")
+def reference_runs(tiny_shards, tmp_path_factory):
+    """Uninterrupted 24-step runs under ZeRO-2 and ZeRO-3 (same seed)."""
+    runs = {}
+    for stage in (2, 3):
+        out = tmp_path_factory.mktemp(f"ref-zero{stage}")
+        r = run(deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", "train.steps=24", "train.ckpt_every=8")))
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        runs[stage] = out
+    return runs
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_training_loss_falls_and_exports(reference_runs, stage):
+    out = reference_runs[stage]
+    m = read_metrics(out)
+    assert sorted(m) == list(range(1, 25))
+    first = sum(m[s]["loss/total"] for s in range(1, 5)) / 4
+    last = sum(m[s]["loss/total"] for s in range(21, 25)) / 4
+    assert last < 0.85 * first, (first, last)
+    for key in ("grad_norm", "lr", "perf/samples_per_s", "perf/tokens_per_s", "time/data_wait(%)", "perf/mfu(%)", "mem/peak_gib", "loss/stage1"):
+        assert key in m[24] and math.isfinite(m[24][key])
+    assert (out / "tensorboard").is_dir() and any((out / "tensorboard").iterdir())
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir())
+    assert ckpts == ["step_00000016", "step_00000024"]  # keep_last = 2
+    weights = load_file(str(out / "export" / "model.safetensors"))
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
+    assert (out / "export" / "config.yaml").is_file() and (out / "export" / "dataset.json").is_file()
+
+
+def test_zero3_ema_matches_zero2(reference_runs):
+    # ZeRO-3 keeps the EMA per partition and gathers it on export: it must equal ZeRO-2's whole-tensor EMA.
+    a = load_file(str(reference_runs[2] / "export" / "model.safetensors"))
+    b = load_file(str(reference_runs[3] / "export" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].shape == b[k].shape
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+    m2, m3 = read_metrics(reference_runs[2]), read_metrics(reference_runs[3])
+    assert m2[1]["loss/total"] == pytest.approx(m3[1]["loss/total"], rel=1e-5)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(reference_runs, tiny_shards, tmp_path, stage):
+    out = tmp_path / "run"
+    cmd = deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", "train.steps=24", "train.ckpt_every=8"))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    marker = out / "checkpoints" / "step_00000008" / "COMPLETE"
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), "the run never wrote its first checkpoint"
+    done_before = max(read_metrics(out))
+    r = run(deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", "train.steps=24", "train.ckpt_every=8"), extra=["--resume", "auto"]))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout
+    got, ref = read_metrics(out), read_metrics(reference_runs[stage])
+    assert sorted(got) == list(range(1, 25))
+    for s in range(1, 25):
+        assert got[s]["loss/total"] == ref[s]["loss/total"], (s, done_before)
+        assert got[s]["grad_norm"] == ref[s]["grad_norm"], s
+    a = load_file(str(out / "export" / "model.safetensors"))
+    b = load_file(str(reference_runs[stage] / "export" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_flow_matching_baseline_trains_in_the_same_trainer(tiny_shards, tmp_path):
+    out = tmp_path / "fm"
+    r = run(
+        deepspeed_cmd(
+            _overrides(
+                tiny_shards, out, "dfm.num_stages=1", "dfm.factors=[]", "dfm.stage_probs=[1.0]", "dfm.standardize=false",
+                "sample.steps=[8]", "train.steps=6",
+            )
+        )
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = read_metrics(out)
+    assert "loss/stage1" in m[6] and "loss/stage2" not in m[6]
+    assert m[6]["train/stage1_fraction"] == 1.0
+    assert (out / "export" / "model.safetensors").is_file()
+
+
+def test_bad_config_key_fails_before_any_process_group(tiny_shards, tmp_path):
+    r = run(deepspeed_cmd(_overrides(tiny_shards, tmp_path / "x", "train.stepz=3")))
+    assert r.returncode != 0
+    assert "unknown key 'train.stepz'" in r.stderr and "did you mean 'steps'" in r.stderr
+    assert "init_distributed" not in r.stdout + r.stderr and not (tmp_path / "x").exists()
+
+
+def test_shards_that_do_not_fit_the_model_are_refused_before_training(tiny_shards, tmp_path):
+    r = run(deepspeed_cmd(_overrides(tiny_shards, tmp_path / "x", "model.in_channels=16"), nproc=1))
+    assert r.returncode == 2 and "model.in_channels=16" in r.stderr and "48 latent channels" in r.stderr
+    r = run(deepspeed_cmd(_overrides(tiny_shards, tmp_path / "y", "dfm.factors=[[2,2,2]]"), nproc=1))
+    assert r.returncode == 2 and "dfm.standardize=false" in r.stderr
+
+
+def test_a_non_finite_loss_is_skipped_and_counted(tiny_shards, tmp_path):
+    out = tmp_path / "nan1"
+    r = run(deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=6"), extra=["--fail-at-step", "3", "--fail-times", "1"]))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "non-finite loss at step 3" in r.stderr
+    m = read_metrics(out)
+    assert m[6]["train/nonfinite_skipped"] == 1.0 and all(math.isfinite(m[s]["loss/total"]) for s in m)
+    assert all(torch.isfinite(v).all() for v in load_file(str(out / "export" / "model.safetensors")).values())
+
+
+def test_consecutive_non_finite_losses_stop_the_run_naming_the_step(tiny_shards, tmp_path):
+    out = tmp_path / "nan3"
+    r = run(deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=6", "train.max_nonfinite=3"), extra=["--fail-at-step", "4", "--fail-times", "99"]))
+    assert r.returncode != 0
+    assert "stopping at step 4: 3 consecutive non-finite losses" in r.stderr
+
+
+def test_two_torchrun_nodes_train_together(tiny_shards, tmp_path):
+    out = tmp_path / "nodes"
+    port = free_port()
+    procs = []
+    for node in range(2):
+        cmd = [
+            str(BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
+            "--master_addr", "127.0.0.1", "--master_port", str(port),
+            "dfm_video/train.py", "--config", "tiny.yaml",
+        ]
+        for o in _overrides(tiny_shards, out, "train.steps=4"):
+            cmd += ["--set", o]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    m = read_metrics(out)
+    assert sorted(m) == [1, 2, 3, 4]
+    assert "step 4" in outs[0][0] and "step 4" not in outs[1][0]  # only global rank 0 logs

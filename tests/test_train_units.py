@@ -1,0 +1,101 @@
+"""Trainer building blocks without a launcher: DeepSpeed JSON, LR shape, resumable sampler, objective."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from dfm_video.config import load_config
+from dfm_video.data.sampler import ResumableSampler
+from dfm_video.dfm import TimestepParams, decompose, dfm_objective, drop_labels
+from dfm_video.train.ds_config import build_deepspeed_config, gradient_accumulation_steps
+from dfm_video.train.lr_schedule import lr_multiplier
+
+
+def test_deepspeed_json_is_derived_from_the_config():
+    cfg = load_config(None, ["distributed.global_batch_size=256", "distributed.micro_batch_size=2", "distributed.zero_stage=3", "optim.grad_clip=0.5"])
+    ds = build_deepspeed_config(cfg, world_size=16)
+    assert ds["train_batch_size"] == 256 and ds["train_micro_batch_size_per_gpu"] == 2
+    assert ds["gradient_accumulation_steps"] == 8
+    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] and ds["gradient_clipping"] == 0.5
+    assert "offload_optimizer" not in ds["zero_optimization"]
+    off = build_deepspeed_config(load_config(None, ["distributed.offload_optimizer=true"]), world_size=1)
+    assert off["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    fp32 = build_deepspeed_config(load_config(None, ["distributed.precision=fp32", "distributed.zero_stage=0"]), world_size=1)
+    assert not fp32["bf16"]["enabled"] and fp32["zero_optimization"] == {"stage": 0}
+
+
+def test_batch_sizes_that_do_not_divide_are_refused():
+    cfg = load_config(None, ["distributed.global_batch_size=10", "distributed.micro_batch_size=4"])
+    with pytest.raises(ValueError, match="global_batch_size=10 must be a multiple"):
+        gradient_accumulation_steps(cfg, world_size=1)
+    with pytest.raises(ValueError, match="offload_optimizer needs"):
+        build_deepspeed_config(load_config(None, ["distributed.offload_optimizer=true", "distributed.zero_stage=0"]), 1)
+
+
+def test_lr_warmup_then_constant_or_cosine():
+    cfg = load_config(None, ["optim.warmup_steps=10"])
+    f = lr_multiplier(cfg.optim, 100)
+    assert [f(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert f(50) == 1.0 and f(99) == 1.0
+    cos = lr_multiplier(load_config(None, ["optim.warmup_steps=10", "optim.schedule=cosine", "optim.min_lr_ratio=0.1"]).optim, 110)
+    assert cos(10) == pytest.approx(1.0) and cos(60) == pytest.approx(0.1 + 0.9 * 0.5) and cos(110) == pytest.approx(0.1)
+
+
+def _stream(world, micro, G, start, n_items, n=23, seed=3):
+    return [list(itertools.islice(iter(ResumableSampler(n, global_batch=G, micro_batch=micro, rank=r, world_size=world, seed=seed, start=start)), n_items)) for r in range(world)]
+
+
+def test_sampler_covers_each_epoch_once_across_ranks_and_resumes_exactly():
+    world, micro, G = 2, 2, 8  # accumulation 2
+    n = 23
+    per_epoch = (n // G) * G
+    streams = _stream(world, micro, G, 0, per_epoch // world * 2, n)
+    # interleave in consumption order: micro-step a -> rank 0's M, rank 1's M, ...
+    consumed = []
+    for a in range(len(streams[0]) // micro):
+        for r in range(world):
+            consumed += streams[r][a * micro : (a + 1) * micro]
+    epoch0, epoch1 = consumed[:per_epoch], consumed[per_epoch:]
+    assert len(set(epoch0)) == per_epoch and len(set(epoch1)) == per_epoch
+    assert epoch0 != epoch1  # reshuffled per epoch
+    # resume after 3 micro-steps (= 3 * world * micro samples) continues the same stream
+    start = 3 * world * micro
+    resumed = _stream(world, micro, G, start, 10, n)
+    for r in range(world):
+        assert resumed[r] == streams[r][3 * micro : 3 * micro + 10]
+
+
+def test_sampler_refuses_a_dataset_smaller_than_a_batch():
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        ResumableSampler(3, global_batch=4, micro_batch=1, rank=0, world_size=1, seed=0)
+
+
+def test_label_dropout_rate_and_null_class():
+    y = torch.zeros(100_000, dtype=torch.long)
+    out = drop_labels(y, 0.1, 700, torch.Generator().manual_seed(0))
+    frac = (out == 700).double().mean().item()
+    assert abs(frac - 0.1) < 5 * math.sqrt(0.09 / 1e5)
+    assert set(out.unique().tolist()) == {0, 700}
+    assert torch.equal(drop_labels(y, 0.0, 700), y)
+
+
+def test_objective_is_zero_for_the_oracle_velocity_and_reproducible():
+    x = torch.randn(4, 3, 5, 8, 8, dtype=torch.float64)
+    levels = decompose(x, [(1, 2, 2)])
+    params = TimestepParams((0.5, 0.5))
+    captured = {}
+
+    def oracle(x_t, t, active, y):
+        # with t and x_t known the velocity x1 - x0 = (x1 - x_t) / (1 - t) is exact
+        captured["y"] = y
+        return [(lv - xt) / (1 - t[:, s].double().view(-1, 1, 1, 1, 1)) for s, (lv, xt) in enumerate(zip(levels, x_t))]
+
+    out = dfm_objective(oracle, levels, torch.arange(4), params, class_dropout=0.0, null_class=9, generator=torch.Generator().manual_seed(0))
+    assert out.loss.abs().item() < 1e-18
+    a = dfm_objective(lambda *a: [torch.zeros_like(v) for v in levels], levels, torch.arange(4), params, class_dropout=0.5, null_class=9, generator=torch.Generator().manual_seed(1))
+    b = dfm_objective(lambda *a: [torch.zeros_like(v) for v in levels], levels, torch.arange(4), params, class_dropout=0.5, null_class=9, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.loss, b.loss) and a.loss > 0
+    with pytest.raises(ValueError, match="2 stages"):
+        dfm_objective(oracle, levels[:1], torch.arange(4), params, class_dropout=0.0, null_class=9)
