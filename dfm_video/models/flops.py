@@ -1,0 +1,60 @@
+"""Analytic FLOPs of DiT3D for MFU reporting.
+
+Counts 2 FLOPs per multiply-add of every matmul: Linears (patch embedders, timestep MLPs, adaLN
+modulations, qkv/proj, MLP, heads) and the attention matmuls QK^T and AV. Elementwise ops
+(norms, RoPE, softmax, GELU, modulation) are ignored, as MFU conventions do. Checked against
+`torch.utils.flop_counter.FlopCounterMode` in tests/test_model_flops.py.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Optional, Sequence
+
+from dfm_video.models.dit import FREQ_DIM
+from dfm_video.models.patch import stage_patch_sizes, token_grid
+from dfm_video.models.registry import resolve_size
+
+if TYPE_CHECKING:  # runtime needs only the attributes (the GPU image may lack the config loader's yaml)
+    from dfm_video.config.schema import DFMConfig, ModelConfig
+
+
+def model_flops(
+    model_cfg: ModelConfig,
+    dfm_cfg: DFMConfig,
+    latent_shape: Sequence[int],
+    in_channels: Optional[int] = None,
+) -> int:
+    """Forward FLOPs per sample for a finest-stage latent (T, H, W) (all stages computed)."""
+    size = resolve_size(model_cfg)
+    D, L = size.hidden_size, size.depth
+    M = int(D * model_cfg.mlp_ratio)
+    C = in_channels if in_channels is not None else model_cfg.in_channels
+    patches = stage_patch_sizes(model_cfg.patch_size, dfm_cfg.factors)
+    # every stage has the finest stage's token grid (DiT3D.forward checks it)
+    N = math.prod(token_grid(tuple(latent_shape), patches[-1], dfm_cfg.temporal_mode))
+
+    flops = 0
+    for p in patches:
+        out = math.prod(p) * C
+        flops += 2 * N * out * D  # patch embedder
+        flops += 2 * (FREQ_DIM * D + D * D)  # timestep MLP (one vector per sample)
+        flops += 2 * D * 2 * D + 2 * N * D * out  # head: adaLN + linear
+    per_block = (
+        2 * D * 6 * D  # adaLN modulation
+        + 2 * N * D * 3 * D  # qkv
+        + 2 * 2 * N * N * D  # QK^T and AV over all heads
+        + 2 * N * D * D  # out projection
+        + 2 * 2 * N * D * M  # MLP
+    )
+    return flops + L * per_block
+
+
+def training_flops(
+    model_cfg: ModelConfig,
+    dfm_cfg: DFMConfig,
+    latent_shape: Sequence[int],
+    in_channels: Optional[int] = None,
+) -> int:
+    """Forward + backward FLOPs per sample: 3x forward (activation recomputation not counted)."""
+    return 3 * model_flops(model_cfg, dfm_cfg, latent_shape, in_channels)
