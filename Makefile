@@ -1,4 +1,5 @@
-# dfm-video: `make test` builds .venv once (idempotent) and runs the whole test suite.
+# dfm-video: `make demo` runs the main job end to end on CPU; `make test` runs the test suite.
+# Both build .venv once (idempotent).
 #   TORCH_SPEC   torch to install first; GPU users pass their CUDA build, e.g.
 #                make test TORCH_SPEC="torch==2.11.0 --index-url <your CUDA wheel index>"
 #   TRITON_SPEC  triton for the kernel tests (its interpreter runs them on CPU); empty skips them.
@@ -11,7 +12,7 @@ PYTEST_ARGS ?=
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.dfm-installed
 
-.PHONY: install test clean-venv
+.PHONY: install test demo clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,10 @@ install: $(STAMP)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The main job end to end on CPU: real clips -> Ray preprocessing -> DeepSpeed DFM training -> samples.
+demo: install
+	PYTHON=$(PY) bash scripts/demo.sh
 
 clean-venv:
 	rm -rf $(VENV)

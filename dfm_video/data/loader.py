@@ -20,9 +20,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from dfm_video.config import Config
+from dfm_video.config import Config, load_config
 from dfm_video.data.sampler import ResumableSampler
 from dfm_video.data.schema import (
+    CONFIG_FILE,
     LATENT_DTYPE,
     DatasetInfo,
     level_column,
@@ -130,8 +131,15 @@ class TrainingData:
             "factors": [list(f) for f in self.cfg.dfm.factors],
             "temporal_mode": self.cfg.dfm.temporal_mode,
             "stats": self.stats.to_dict() if self.stats is not None else None,
+            "fps": self.fps,
             "source": str(self.info.root),
         }
+
+    @property
+    def fps(self) -> float:
+        """Frame rate the clips were sampled at (from the dataset's resolved preprocessing config)."""
+        path = self.info.root / CONFIG_FILE
+        return load_config(path).preprocess.fps if path.is_file() else 8.0
 
 
 def open_training_data(cfg: Config, source: str = "config") -> TrainingData:

@@ -91,3 +91,32 @@ def load_checkpoint(engine: Any, root: Path, tag: str, rank: int) -> tuple[dict,
     if load_path is None:
         raise ValueError(f"DeepSpeed could not load checkpoint {path}")
     return client_state or {}, torch.load(ema_path, map_location="cpu", weights_only=False)
+
+
+def read_checkpoint_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict, bool]:
+    """EMA weights of a DeepSpeed checkpoint folder, without DeepSpeed or a process group.
+
+    Returns (weights by name, config dict, dataset meta, partitioned). Whole-tensor EMAs (ZeRO 0-2) come as they are; under
+    ZeRO-3 the per-rank flat partitions are concatenated in rank order and returned flat, and the
+    caller cuts them to each parameter's numel and shape (it knows them from the model).
+    """
+    path = Path(path)
+    if not (path / "COMPLETE").is_file():
+        raise ValueError(f"{path} is not a complete dfm-video checkpoint (no COMPLETE marker)")
+    states = sorted(path.glob("*mp_rank_00_model_states.pt"))
+    emas = sorted(path.glob("ema_rank*.pt"))
+    if not states or not emas:
+        raise ValueError(f"{path}: missing {'model states' if not states else 'EMA shards'}; is this a dfm-video checkpoint?")
+    try:
+        client = torch.load(states[0], map_location="cpu", weights_only=False)
+        shards = [torch.load(p, map_location="cpu", weights_only=False) for p in emas]
+    except Exception as exc:  # truncated or corrupt pickle / zip
+        raise ValueError(f"{path}: cannot read checkpoint files ({exc})") from exc
+    if "config" not in client or "dataset_meta" not in client:
+        raise ValueError(f"{path}: checkpoint lacks the resolved config or dataset metadata")
+    names = shards[0]["names"]
+    if shards[0]["partitioned"]:
+        weights = {n: torch.cat([s["shadow"][i].flatten() for s in shards]) for i, n in enumerate(names)}
+    else:
+        weights = dict(zip(names, shards[0]["shadow"]))
+    return weights, client["config"], client["dataset_meta"], bool(shards[0]["partitioned"])

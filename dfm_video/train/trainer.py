@@ -158,7 +158,7 @@ def train(
             writer.write(step, m)
             metrics.reset()
         if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
-            client = {"step": step, "samples_consumed": consumed, "config": config_to_dict(cfg)}
+            client = {"step": step, "samples_consumed": consumed, "config": config_to_dict(cfg), "dataset_meta": data.dataset_meta()}
             save_checkpoint(engine, ckpt_root, step, client, ema.state_dict(), cfg.train.keep_last, rank)
     writer.close()
     weights = ema.full_state_dict()  # collective under ZeRO-3

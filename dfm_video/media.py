@@ -1,0 +1,66 @@
+"""Writing generated media: mp4 (PyAV, libx264), PNG frames and contact sheets.
+
+Frames are uint8 (T, H, W, 3). Conversion from the autoencoder's [-1, 1] happens in `to_uint8`.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+def to_uint8(video: Tensor) -> np.ndarray:
+    """(3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8 (values outside [-1, 1] are clipped)."""
+    x = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: float) -> Path:
+    """Encode (T, H, W, 3) uint8 frames as H.264; 4:2:0 when H and W are even (widely playable), else 4:4:4."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t, h, w, _ = frames.shape
+    tmp = path.with_name(path.name + ".tmp.mp4")
+    with av.open(str(tmp), mode="w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
+        stream.options = {"crf": "12"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    tmp.replace(path)
+    return path
+
+
+def write_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write one (H, W, 3) uint8 image."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path
+
+
+def contact_sheet(videos: Sequence[np.ndarray], max_frames: int = 8, scale: int = 1) -> np.ndarray:
+    """One row per video, up to `max_frames` evenly spaced frames per row, 2-pixel gaps."""
+    h = max(v.shape[1] for v in videos) * scale
+    w = max(v.shape[2] for v in videos) * scale
+    cols = min(max_frames, max(v.shape[0] for v in videos))
+    gap = 2
+    sheet = np.full((len(videos) * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, dtype=np.uint8)
+    for r, v in enumerate(videos):
+        idx = np.linspace(0, v.shape[0] - 1, num=min(cols, v.shape[0])).round().astype(int)
+        for c, i in enumerate(idx):
+            frame = v[i].repeat(scale, axis=0).repeat(scale, axis=1)
+            y0, x0 = r * (h + gap), c * (w + gap)
+            sheet[y0 : y0 + frame.shape[0], x0 : x0 + frame.shape[1]] = frame
+    return sheet

@@ -1,0 +1,271 @@
+"""Stage-wise generation: `python -m dfm_video.sample --checkpoint PATH --out DIR [...]`.
+
+Loads EMA weights (an export folder, a DeepSpeed checkpoint folder of any ZeRO stage, or a run
+directory), integrates the pyramid stage by stage (coarse to fine) with the Euler solver of
+`dfm_video.dfm`, undoes the per-level standardisation, recomposes the pyramid and decodes it with
+the autoencoder the data was encoded with. Writes one mp4 per sample (PNG for T = 1 models), a
+contact sheet, and with --previews the low-resolution video of the first k stages at the moment
+stage k reaches tau. Same seed, same output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from dfm_video.autoencoders import load_autoencoder
+from dfm_video.config import Config, config_from_dict, validate
+from dfm_video.dfm import LevelStats, destandardize, euler_sample, level_shapes, recompose, sampling_schedule
+from dfm_video.media import contact_sheet, to_uint8, write_mp4, write_png
+from dfm_video.models import DiT3D, build_model
+from dfm_video.train.checkpoint import latest_tag, read_checkpoint_weights
+from dfm_video.train.export import load_export
+
+
+@dataclass
+class Generator:
+    """A loaded model plus everything needed to turn its levels into video."""
+
+    model: DiT3D
+    cfg: Config
+    meta: dict[str, Any]
+    source: Path
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meta["labels"])
+
+
+def _resolve_checkpoint(path: Path) -> Path:
+    """A run dir -> its export (or latest checkpoint); a checkpoints root -> its latest checkpoint."""
+    if not path.exists():
+        raise ValueError(f"--checkpoint {path}: no such file or directory")
+    if (path / "model.safetensors").is_file() or (path / "COMPLETE").is_file():
+        return path
+    if (path / "export" / "model.safetensors").is_file():
+        return path / "export"
+    for root in (path / "checkpoints", path):
+        tag = latest_tag(root)
+        if tag is not None:
+            return root / tag
+    raise ValueError(
+        f"--checkpoint {path}: not an export folder (model.safetensors), a complete checkpoint folder (COMPLETE) "
+        "or a run directory holding either"
+    )
+
+
+def load_generator(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Generator:
+    """Build the model from the saved resolved config and load the EMA weights into it."""
+    src = _resolve_checkpoint(Path(path))
+    if (src / "model.safetensors").is_file():
+        weights, cfg, meta = load_export(src)
+        partitioned = False
+    else:
+        weights, cfg_dict, meta, partitioned = read_checkpoint_weights(src)
+        cfg = config_from_dict(cfg_dict, str(src))
+        validate(cfg, str(src))
+    model = build_model(cfg.model, cfg.dfm)
+    state = model.state_dict()
+    if partitioned:  # ZeRO-3 EMA: flat concatenation of rank partitions (padded at the end)
+        weights = {k: v[: state[k].numel()].view(state[k].shape) for k, v in weights.items() if k in state}
+    missing = sorted(set(state) - set(weights))
+    unexpected = sorted(set(weights) - set(state))
+    if missing or unexpected:
+        raise ValueError(f"{src}: weights do not match the model built from its config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    for k, v in weights.items():
+        if v.shape != state[k].shape:
+            raise ValueError(f"{src}: weight '{k}' has shape {tuple(v.shape)}, the model expects {tuple(state[k].shape)}")
+    model.load_state_dict(weights)
+    model.to(device=device, dtype=dtype).eval()
+    return Generator(model=model, cfg=cfg, meta=meta, source=src)
+
+
+def resolve_labels(gen: Generator, label: Optional[str], class_id: Optional[int], num: int) -> list[int]:
+    """Class ids for `num` samples: one label, one id, or (neither) cycling through all labels."""
+    labels = gen.labels
+    if label is not None and class_id is not None:
+        raise ValueError("give --label or --class-id, not both")
+    if label is not None:
+        if label not in labels:
+            close = difflib.get_close_matches(label, labels, n=5, cutoff=0.4)
+            hint = f"closest: {', '.join(repr(c) for c in close)}" if close else f"valid labels include {', '.join(repr(c) for c in labels[:5])}"
+            raise ValueError(f"--label {label!r} is not a label of this model ({len(labels)} labels); {hint}")
+        return [labels.index(label)] * num
+    if class_id is not None:
+        if not 0 <= class_id < gen.model.null_class:
+            raise ValueError(f"--class-id {class_id} is out of range: this model has classes 0..{gen.model.null_class - 1}")
+        return [class_id] * num
+    if not labels:
+        return [gen.model.null_class] * num  # an unlabelled dataset: unconditional samples
+    return [i % len(labels) for i in range(num)]
+
+
+@torch.no_grad()
+def generate(
+    gen: Generator,
+    y: Sequence[int],
+    *,
+    steps: Sequence[int],
+    tau: float,
+    cfg_scale: float = 1.0,
+    cfg_interval: Optional[tuple[float, float]] = None,
+    seed: int = 0,
+    previews: bool = False,
+    progress: bool = False,
+) -> tuple[Tensor, dict[int, Tensor]]:
+    """Sample latents (B, C, T, H, W) (destandardised, recomposed) and, if asked, per-stage previews."""
+    model, cfg, meta = gen.model, gen.cfg, gen.meta
+    S = cfg.dfm.num_stages
+    if len(steps) != S:
+        raise ValueError(f"--steps needs one count per stage ({S}), got {list(steps)}")
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    C, T, H, W = meta["latent_shape"]
+    shapes = level_shapes((T, H, W), cfg.dfm.factors, cfg.dfm.temporal_mode)
+    g = torch.Generator().manual_seed(seed)  # CPU noise: the same seed gives the same video on any device
+    noise = [torch.randn(len(y), C, *s, generator=g).to(device) for s in shapes]
+    stats = LevelStats.from_dict(meta["stats"]) if meta.get("stats") else None
+    preview_latents: dict[int, Tensor] = {}
+
+    def on_stage_done(k: int, levels: list[Tensor], step: int) -> None:
+        if previews and k < S - 1:
+            lv = levels[: k + 1]
+            if stats is not None:
+                lv = destandardize(lv, LevelStats(stats.mean[: k + 1], stats.std[: k + 1]))
+            preview_latents[k] = recompose(lv, cfg.dfm.factors[:k], cfg.dfm.temporal_mode)
+
+    def velocity(x: list[Tensor], t: Tensor, active: Tensor, labels: Tensor) -> list[Tensor]:
+        return [v.float() for v in model([v.to(dtype) for v in x], t, active, labels)]
+
+    levels = euler_sample(
+        velocity,
+        noise,
+        sampling_schedule(steps, tau),
+        torch.tensor(list(y), dtype=torch.long, device=device),
+        cfg_scale=cfg_scale,
+        cfg_interval=cfg_interval,
+        null_label=model.null_class,
+        on_stage_done=on_stage_done,
+        progress=progress,
+    )
+    if stats is not None:
+        levels = destandardize(levels, stats)
+    return recompose(levels, cfg.dfm.factors, cfg.dfm.temporal_mode), preview_latents
+
+
+def decode_latents(gen: Generator, latents: Tensor) -> Tensor:
+    """Latents (B, C, T, H, W) -> video (B, 3, F, H', W') in [-1, 1] with the data's autoencoder."""
+    codec = gen.meta["autoencoder"]
+    kind = codec["kind"]
+    patch = (int(codec.get("temporal", 1)), *[int(v) for v in codec.get("spatial", (1, 1))])
+    ae = load_autoencoder(kind, codec.get("path", ""), device=latents.device, pixel_patch=patch)
+    return ae.decode(latents.float())
+
+
+def write_outputs(gen: Generator, video: Tensor, y: Sequence[int], out: Path, prefix: str = "sample") -> list[Path]:
+    """One mp4 per sample (PNG when the model makes single frames)."""
+    fps = float(gen.meta.get("fps") or 8.0)
+    names = gen.labels
+    paths = []
+    for i, v in enumerate(video):
+        frames = to_uint8(v)
+        tag = names[y[i]].replace("/", "_").replace(" ", "_") if y[i] < len(names) else "uncond"
+        stem = out / f"{prefix}_{i:03d}_{tag}"
+        if frames.shape[0] == 1:
+            paths.append(write_png(stem.with_suffix(".png"), frames[0]))
+        else:
+            paths.append(write_mp4(stem.with_suffix(".mp4"), frames, fps))
+    return paths
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m dfm_video.sample", description="Generate videos stage by stage (coarse to fine).")
+    p.add_argument("--checkpoint", required=True, help="export folder, DeepSpeed checkpoint folder, or run directory")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--label", default=None, help="class label name, e.g. 'playing guitar'")
+    p.add_argument("--class-id", type=int, default=None, help="class index")
+    p.add_argument("--num-samples", type=int, default=None, help="videos to generate (default: sample.num_samples)")
+    p.add_argument("--steps", default=None, help="Euler steps per stage, coarse to fine, e.g. 30,10 (default: sample.steps)")
+    p.add_argument("--tau", type=float, default=None, help="hand-over threshold (default: sample.tau)")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: sample.cfg_scale)")
+    p.add_argument("--cfg-interval", default=None, help="guide only while a stage's t is in [a,b], e.g. 0.1,0.9")
+    p.add_argument("--seed", type=int, default=None, help="noise seed (default: sample.seed)")
+    p.add_argument("--previews", action="store_true", help="also write the coarse-stage previews at the moment each stage reaches tau")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model dtype (bf16 on GPU)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p.parse_args(argv)
+
+
+def _floats(text: str, n: int, flag: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected {n} comma-separated numbers") from None
+    if len(vals) != n:
+        raise ValueError(f"{flag} {text!r}: expected {n} comma-separated numbers")
+    return vals
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.dtype == "bf16" and device.type != "cuda":
+        print("note: --dtype bf16 on CPU is slow; it is meant for GPUs", file=sys.stderr)
+    gen = load_generator(args.checkpoint, device, torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    sc = gen.cfg.sample
+    steps = [int(v) for v in args.steps.split(",")] if args.steps else list(sc.steps)
+    tau = args.tau if args.tau is not None else sc.tau
+    cfg_scale = args.cfg if args.cfg is not None else sc.cfg_scale
+    interval = _floats(args.cfg_interval, 2, "--cfg-interval") if args.cfg_interval else sc.cfg_interval
+    num = args.num_samples or sc.num_samples
+    seed = args.seed if args.seed is not None else sc.seed
+    y = resolve_labels(gen, args.label, args.class_id, num)
+    latents, previews = generate(
+        gen, y, steps=steps, tau=tau, cfg_scale=cfg_scale, cfg_interval=interval, seed=seed,
+        previews=args.previews, progress=not args.no_progress,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    video = decode_latents(gen, latents)
+    files = write_outputs(gen, video, y, out)
+    frames = [to_uint8(v) for v in video]
+    sheet = write_png(out / "contact_sheet.png", contact_sheet(frames, scale=max(1, 128 // frames[0].shape[1])))
+    preview_files = []
+    for k, lat in sorted(previews.items()):
+        preview_files += write_outputs(gen, decode_latents(gen, lat), y, out / "previews", prefix=f"stage{k + 1}")
+    report = {
+        "checkpoint": str(gen.source),
+        "samples": [str(p) for p in files],
+        "contact_sheet": str(sheet),
+        "previews": [str(p) for p in preview_files],
+        "labels": [gen.labels[i] if i < len(gen.labels) else None for i in y],
+        "steps": steps, "tau": tau, "cfg_scale": cfg_scale, "cfg_interval": list(interval) if interval else None, "seed": seed,
+        "nfe": sum(steps) * (2 if cfg_scale != 1.0 else 1),
+    }
+    (out / "samples.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = run(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(report['samples'])} samples to {Path(args.out)} (contact sheet {report['contact_sheet']}"
+          + (f", {len(report['previews'])} previews" if report["previews"] else "") + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The sampler: loading exports and DeepSpeed checkpoints (ZeRO-3 too), stage-wise generation with
+a known-answer stub, determinism, mp4/PNG/preview outputs, clear errors, and `make demo` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+import torch
+from torch import nn
+
+from dfm_video.config import load_config
+from dfm_video.dfm import decompose, level_shapes, recompose
+from dfm_video.models import build_model
+from dfm_video.sample import Generator, decode_latents, generate, load_generator, main, resolve_labels, write_outputs
+from train_helpers import ROOT, cpu_env, deepspeed_cmd, run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_shards, tmp_path_factory):
+    """A short ZeRO-3 DFM run and a short FM (S = 1) run of the tiny config."""
+    runs = {}
+    for name, extra in {
+        "dfm": ["distributed.zero_stage=3"],
+        "fm": ["dfm.num_stages=1", "dfm.factors=[]", "dfm.stage_probs=[1.0]", "dfm.standardize=false", "sample.steps=[6]"],
+    }.items():
+        out = tmp_path_factory.mktemp(name)
+        r = run(deepspeed_cmd([f"data.shards={tiny_shards}", f"train.output_dir={out}", "train.steps=4", "train.ckpt_every=4", *extra]))
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[name] = out
+    return runs
+
+
+def _frames(path: Path) -> list:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def test_samples_previews_and_sheet_are_written_and_decodable(trained, tmp_path):
+    out = tmp_path / "s"
+    assert main(["--checkpoint", str(trained["dfm"]), "--out", str(out), "--num-samples", "2", "--steps", "4,2", "--cfg", "2.0", "--previews", "--no-progress"]) == 0
+    report = json.loads((out / "samples.json").read_text())
+    assert len(report["samples"]) == 2 and report["nfe"] == 12
+    for p in report["samples"]:
+        frames = _frames(Path(p))
+        assert len(frames) == 9 and frames[0].shape == (32, 32, 3)  # tiny config: 9 frames of 32x32
+    assert len(report["previews"]) == 2
+    assert _frames(Path(report["previews"][0]))[0].shape == (16, 16, 3)  # stage 1 = half resolution
+    assert Path(report["contact_sheet"]).is_file()
+
+
+def test_same_seed_same_output_and_export_equals_zero3_checkpoint(trained):
+    export = load_generator(trained["dfm"] / "export")
+    ckpt = load_generator(trained["dfm"] / "checkpoints" / "step_00000004")
+    for k, v in export.model.state_dict().items():
+        assert torch.equal(v, ckpt.model.state_dict()[k]), k
+    kw = dict(steps=[3, 2], tau=0.9, cfg_scale=1.5)
+    a, _ = generate(export, [0, 1], seed=7, **kw)
+    b, _ = generate(ckpt, [0, 1], seed=7, **kw)
+    c, _ = generate(export, [0, 1], seed=8, **kw)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_flow_matching_baseline_samples_through_the_same_command(trained, tmp_path):
+    assert main(["--checkpoint", str(trained["fm"]), "--out", str(tmp_path), "--num-samples", "1", "--no-progress"]) == 0
+    report = json.loads((tmp_path / "samples.json").read_text())
+    assert report["steps"] == [6] and len(_frames(Path(report["samples"][0]))) == 9
+
+
+class _ConstantVelocity(nn.Module):
+    """Stub model with a known answer: velocity c_s for stage s (guided or not, same value)."""
+
+    def __init__(self, values: list[float]) -> None:
+        super().__init__()
+        self.values = values
+        self.null_class = 3
+        self.anchor = nn.Parameter(torch.zeros(()))  # gives the sampler a device and dtype
+
+    def forward(self, levels, t, active, y):
+        return [torch.full_like(x, v) for x, v in zip(levels, self.values)]
+
+
+def test_generation_wiring_against_a_known_answer():
+    cfg = load_config(None, ["dfm.factors=[[2,2,2]]", "sample.steps=[5,3]"])
+    shapes = level_shapes((5, 8, 8), cfg.dfm.factors, cfg.dfm.temporal_mode)
+    stats = {"mean": [[0.5] * 2, [0.0] * 2], "std": [[2.0] * 2, [0.25] * 2]}
+    meta = {"labels": ["a", "b", "c"], "latent_shape": [2, 5, 8, 8], "stats": stats, "autoencoder": {"kind": "pixel", "temporal": 1, "spatial": [1, 1]}}
+    gen = Generator(model=_ConstantVelocity([1.0, -2.0]), cfg=cfg, meta=meta, source=Path("stub"))
+    latents, previews = generate(gen, [0, 2], steps=[5, 3], tau=0.8, cfg_scale=3.0, seed=1, previews=True)
+    g = torch.Generator().manual_seed(1)
+    noise = [torch.randn(2, 2, *s, generator=g) for s in shapes]
+    # every stage integrates t from 0 to 1: x = noise + c; then destandardise and recompose
+    want = [(noise[0] + 1.0) * 2.0 + 0.5, (noise[1] - 2.0) * 0.25]
+    assert torch.allclose(latents, recompose(want, cfg.dfm.factors, "causal"), atol=1e-5)
+    # the preview is stage 1 at t = tau = 0.8, destandardised
+    assert torch.allclose(previews[0], (noise[0] + 0.8) * 2.0 + 0.5, atol=1e-5)
+
+
+def test_image_models_write_png(tmp_path):
+    cfg = load_config(None, ["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "model.in_channels=3", "model.num_classes=2"])
+    meta = {"labels": ["x", "y"], "latent_shape": [3, 1, 8, 8], "stats": None, "fps": 8, "autoencoder": {"kind": "pixel", "temporal": 1, "spatial": [1, 1]}}
+    gen = Generator(model=build_model(cfg.model, cfg.dfm), cfg=cfg, meta=meta, source=Path("random"))
+    latents, _ = generate(gen, [0, 1], steps=[2, 2], tau=0.9)
+    assert latents.shape == (2, 3, 1, 8, 8)
+    files = write_outputs(gen, decode_latents(gen, latents), [0, 1], tmp_path)
+    assert [f.suffix for f in files] == [".png", ".png"] and files[1].name == "sample_001_y.png"
+
+
+def test_bad_checkpoints_and_labels_give_clear_errors(trained, tmp_path, capsys):
+    assert main(["--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("config.yaml", "dataset.json"):
+        (bad / name).write_bytes((trained["dfm"] / "export" / name).read_bytes())
+    (bad / "model.safetensors").write_bytes((trained["dfm"] / "export" / "model.safetensors").read_bytes()[:1000])
+    assert main(["--checkpoint", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+    partial = tmp_path / "step_00000009"
+    partial.mkdir()
+    assert main(["--checkpoint", str(partial), "--out", str(tmp_path / "o")]) == 2
+    assert "not an export folder" in capsys.readouterr().err
+    gen = load_generator(trained["dfm"] / "export")
+    with pytest.raises(ValueError, match=r"'bikez' is not a label.*closest: 'bikes'"):
+        resolve_labels(gen, "bikez", None, 1)
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_labels(gen, None, 99, 1)
+
+
+def test_make_demo_end_to_end_at_a_smaller_size(tmp_path):
+    env = cpu_env()
+    env.update(DEMO_DIR=str(tmp_path / "demo"), DEMO_STEPS="20", DEMO_CLIPS_PER_SOURCE="3", DEMO_SAMPLES="2", DEMO_MASTER_PORT=str(29000 + os.getpid() % 1000))
+    env["PYTHON"] = sys.executable
+    cmd = ["bash", "scripts/demo.sh"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    demo = tmp_path / "demo"
+    assert "demo finished" in r.stdout
+    assert len(list((demo / "samples").glob("*.mp4"))) == 2 and len(list((demo / "samples" / "previews").glob("*.mp4"))) == 2
+    assert (demo / "train" / "export" / "model.safetensors").is_file()
+    # a second run reuses everything: nothing is decoded again and training resumes at its last step
+    r2 = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "reusing" in r2.stdout and "resumed from" in r2.stdout and "preprocess: 0 ok" in r2.stdout
