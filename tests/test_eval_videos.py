@@ -1,0 +1,87 @@
+"""Reading evaluation inputs: mp4 folders into uint8 clips, and clear errors for bad inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dfm_video.eval.videos import iter_videos, list_videos, load_videos, read_video, select_videos
+
+_spec = importlib.util.spec_from_file_location("eval_media", Path(__file__).parent / "fixtures" / "eval_media.py")
+media = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(media)
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return media.make_video_dir(tmp_path_factory.mktemp("videos"), num_videos=3, num_frames=6)
+
+
+def test_load_videos_shape_dtype_and_content(video_dir: Path) -> None:
+    clips = load_videos(video_dir, num=None, num_frames=5)
+    assert clips.shape == (3, 5, 68, 160, 3) and clips.dtype == torch.uint8
+    src = torch.from_numpy(media.source_frames(18))
+    # crf 0 yuv444 H.264: decode equals the source up to colour-conversion rounding.
+    for i in range(3):
+        assert (clips[i].int() - src[i * 6 : i * 6 + 5].int()).abs().max() <= 2
+
+
+def test_sorted_recursive_and_num(video_dir: Path, tmp_path: Path) -> None:
+    files = list_videos(video_dir)
+    assert [f.name for f in files] == ["clip_000.mp4", "clip_001.mp4", "clip_002.mp4"]
+    assert [f.name for f in select_videos(video_dir, 2)] == ["clip_000.mp4", "clip_001.mp4"]
+    nested = tmp_path / "nested"
+    media.write_mp4(nested / "b" / "x.mp4", media.source_frames(2))
+    media.write_mp4(nested / "a" / "y.mp4", media.source_frames(2))
+    (nested / "notes.txt").write_text("not a video")
+    assert [f.relative_to(nested).as_posix() for f in list_videos(nested)] == ["a/y.mp4", "b/x.mp4"]
+    assert len(list(iter_videos(video_dir, 2, 3))) == 2
+
+
+def test_missing_empty_and_too_few(video_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no such file or directory"):
+        list_videos(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty: no video files"):
+        list_videos(tmp_path / "empty")
+    with pytest.raises(ValueError, match="5 videos requested .--num. but only 3 found"):
+        select_videos(video_dir, 5)
+
+
+def test_parquet_shards_are_refused_clearly(tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "part-00000.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ValueError, match="parquet.*shard input needs the data pipeline"):
+        list_videos(shards)
+    with pytest.raises(ValueError, match="shard input"):
+        list_videos(shards / "part-00000.parquet")
+
+
+def test_short_video_names_file_and_counts(video_dir: Path) -> None:
+    path = video_dir / "clip_000.mp4"
+    with pytest.raises(ValueError, match=r"clip_000.mp4: has 6 frames but 16 are needed"):
+        read_video(path, 16)
+    with pytest.raises(ValueError, match="clip_000.mp4: has 6 frames"):
+        load_videos(video_dir, None, 16)
+
+
+def test_corrupt_file_names_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"definitely not an mp4")
+    with pytest.raises(ValueError, match="bad.mp4: cannot decode video"):
+        read_video(bad, 4)
+
+
+def test_load_videos_refuses_mixed_sizes(tmp_path: Path) -> None:
+    frames = media.source_frames(4)
+    media.write_mp4(tmp_path / "a.mp4", frames)
+    media.write_mp4(tmp_path / "b.mp4", np.ascontiguousarray(frames[:, :32, :64]))
+    with pytest.raises(ValueError, match=r"b.mp4: frame size \(32, 64\) differs"):
+        load_videos(tmp_path, None, 4)
+    shapes = [tuple(c.shape) for c in iter_videos(tmp_path, None, 4)]
+    assert shapes == [(4, 68, 160, 3), (4, 32, 64, 3)]
