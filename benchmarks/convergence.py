@@ -1,0 +1,226 @@
+"""DFM (2 stages) vs flow matching (1 stage) at equal model, batch, data and step budget.
+
+    python -m benchmarks.convergence --preset cpu [--shards DIR] [--out outputs/convergence]
+    python -m benchmarks.convergence --preset gpu --shards DIR   # ~10 minutes on one H100
+
+Both methods train the same DiT3D on the same shards (FM reads them recomposed to one level) with
+the same seed, batch and optimizer, in one process (the DeepSpeed machinery is not what is
+compared). Every `eval_every` steps the EMA weights sample `num_eval` videos with the same noise
+seed and 40 NFE (DFM [30, 10], FM 40) and FVD (I3D) and FID (Inception, every frame) are computed
+against the real clips decoded from the shards. Writes `curves.png`, `results.json` and a table,
+and reports the steps each method needs to reach FM's final score. Small real sets make the
+absolute values noisy and biased upwards; compare the curves, not the numbers with the paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dfm_video.autoencoders import load_autoencoder
+from dfm_video.config import Config, load_config
+from dfm_video.data.loader import open_training_data
+from dfm_video.dfm import LevelMoments, LevelStats, TimestepParams, decompose, dfm_objective, recompose
+from dfm_video.eval.frechet import frechet_distance, feature_statistics
+from dfm_video.evaluate import build_fid, build_fvd
+from dfm_video.media import to_uint8
+from dfm_video.models import build_model
+from dfm_video.sample import Generator, decode_latents, generate
+from dfm_video.train.ema import EMA
+
+
+@dataclass(frozen=True)
+class Preset:
+    overrides: tuple[str, ...]
+    steps: int
+    eval_every: int
+    num_eval: int
+    dfm_steps: tuple[int, int] = (30, 10)
+
+
+PRESETS = {
+    # minutes on 2 CPU cores: the demo's model on the demo's pixel-codec shards
+    "cpu": Preset(
+        ("model.depth=4", "model.hidden_size=128", "model.num_heads=4", "model.in_channels=48", "model.num_classes=3",
+         "model.attention=sdpa", "model.kernels=torch", "distributed.micro_batch_size=8", "distributed.global_batch_size=8",
+         "optim.lr=5e-4", "optim.warmup_steps=50", "train.ema_decay=0.99"),
+        steps=600, eval_every=150, num_eval=32,
+    ),
+    # ~10 minutes on one H100 (bf16 autocast), same shards, a DiT3D-S/2 at full width
+    "gpu": Preset(
+        ("model.name=DiT3D-S", "model.in_channels=48", "model.num_classes=3", "model.attention=auto", "model.kernels=auto",
+         "distributed.micro_batch_size=64", "distributed.global_batch_size=64", "optim.lr=3e-4", "optim.warmup_steps=200",
+         "train.ema_decay=0.999"),
+        steps=6000, eval_every=1000, num_eval=256,
+    ),
+}
+
+
+def method_config(preset: Preset, shards: str, method: str, seed: int) -> Config:
+    extra = [f"data.shards={shards}", "data.num_workers=0", f"train.seed={seed}", "distributed.zero_stage=0"]
+    if method == "fm":
+        extra += ["dfm.num_stages=1", "dfm.factors=[]", "dfm.stage_probs=[1.0]", "sample.steps=[40]", "dfm.standardize=false"]
+    else:
+        extra += [f"sample.steps=[{preset.dfm_steps[0]},{preset.dfm_steps[1]}]", "dfm.standardize=false"]
+    return load_config(None, list(preset.overrides) + extra)
+
+
+def level_stats(data) -> LevelStats:
+    """Exact per-level statistics of the configured pyramid, one pass over the (small) dataset."""
+    acc = None
+    for i in range(len(data.dataset)):
+        levels, _ = data.dataset[i]
+        levels = [x[None] for x in levels]
+        if data.redecompose:
+            levels = decompose(recompose(levels, data.info.factors, data.info.temporal_mode), data.cfg.dfm.factors, data.cfg.dfm.temporal_mode)
+        if acc is None:
+            acc = LevelMoments(len(levels), levels[0].shape[1])
+        acc.update(levels)
+    return acc.stats()
+
+
+def real_clips(data) -> list[np.ndarray]:
+    """The training clips themselves, decoded from the shards with their codec: the real set."""
+    codec = data.info.autoencoder
+    ae = load_autoencoder(codec["kind"], codec.get("path", ""), pixel_patch=(int(codec["temporal"]), *codec["spatial"]))
+    out = []
+    for i in range(len(data.dataset)):
+        levels, _ = data.dataset[i]
+        lat = recompose([x[None] for x in levels], data.info.factors, data.info.temporal_mode)
+        out.append(to_uint8(ae.decode(lat)[0]))
+    return out
+
+
+def train_and_eval(method: str, preset: Preset, shards: str, seed: int, device: torch.device, extractors, real_stats, log) -> list[dict]:
+    cfg = method_config(preset, shards, method, seed)
+    data = open_training_data(cfg, f"preset {method}")
+    stats = level_stats(data)  # both methods train on unit-std levels (the paper's video setting)
+    data.stats = stats
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, cfg.dfm).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.optim.warmup_steps)))
+    ema = EMA(model, cfg.train.ema_decay)
+    ema_model = build_model(cfg.model, cfg.dfm).to(device).eval()
+    meta = data.dataset_meta()
+    meta["stats"] = stats.to_dict()
+    params = TimestepParams.from_config(cfg.dfm)
+    batches = data.batches(rank=0, world_size=1, start=0, device=device)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    rows, t_train = [], 0.0
+    for step in range(1, preset.steps + 1):
+        t0 = time.perf_counter()
+        levels, y = next(batches)
+        g = torch.Generator(device=device).manual_seed(seed * 100_003 + step)
+        with amp:
+            out = dfm_objective(model, levels, y, params, class_dropout=cfg.model.class_dropout, null_class=model.null_class, generator=g)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        sched.step()
+        ema.update()
+        t_train += time.perf_counter() - t0
+        if step % preset.eval_every == 0 or step == preset.steps:
+            ema_model.load_state_dict({n: s for n, s in zip(ema.names, ema.shadow)}, strict=True)
+            gen = Generator(model=ema_model, cfg=cfg, meta=meta, source=Path(method))
+            labels = [i % len(data.info.labels) for i in range(preset.num_eval)]
+            latents, _ = generate(gen, labels, steps=list(cfg.sample.steps), tau=cfg.sample.tau, seed=1234)
+            fake = [to_uint8(v) for v in decode_latents(gen, latents)]
+            row = {"method": method, "step": step, "loss": float(out.loss), "train_s": round(t_train, 1)}
+            for name, fn in extractors.items():
+                mu, sig = feature_statistics(fn([torch.from_numpy(c) for c in fake]).numpy(), f"{name} {method}")
+                row[name] = float(frechet_distance(*real_stats[name], mu, sig, method="eigh"))
+            rows.append(row)
+            log(row)
+    return rows
+
+
+def steps_to_reach(rows: list[dict], metric: str, target: float) -> Optional[int]:
+    for r in rows:
+        if r[metric] <= target:
+            return r["step"]
+    return None
+
+
+def plot(rows: list[dict], metrics: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6))
+    for ax, m in zip(np.atleast_1d(axes), metrics):
+        for method, style in (("dfm", "o-"), ("fm", "s--")):
+            pts = [(r["step"], r[m]) for r in rows if r["method"] == method]
+            ax.plot(*zip(*pts), style, label={"dfm": "DFM (2 stages)", "fm": "flow matching"}[method])
+        ax.set_xlabel("training step")
+        ax.set_ylabel(m.upper())
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=list(PRESETS), default="cpu")
+    ap.add_argument("--shards", default="outputs/demo/shards", help="pyramid shards (make demo writes outputs/demo/shards)")
+    ap.add_argument("--out", default="outputs/convergence")
+    ap.add_argument("--steps", type=int, default=None, help="override the preset's step budget")
+    ap.add_argument("--eval-every", type=int, default=None)
+    ap.add_argument("--num-eval", type=int, default=None)
+    ap.add_argument("--metrics", default="fvd,fid")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    preset = PRESETS[args.preset]
+    preset = Preset(preset.overrides, args.steps or preset.steps, args.eval_every or preset.eval_every, args.num_eval or preset.num_eval, preset.dfm_steps)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    metrics = args.metrics.split(",")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    builders = {"fvd": lambda: build_fvd(None, device, 9), "fid": lambda: build_fid(None, device, 64)}
+    extractors = {m: builders[m]().fn for m in metrics}
+    real = real_clips(open_training_data(method_config(preset, args.shards, "dfm", args.seed), "real set"))
+    real_stats = {m: feature_statistics(fn([torch.from_numpy(c) for c in real]).numpy(), f"{m} real") for m, fn in extractors.items()}
+    print(f"real set: {len(real)} clips of {real[0].shape} from {args.shards}; device {device}", flush=True)
+    log_file = open(out / "log.jsonl", "w")
+
+    def log(row: dict) -> None:
+        print(json.dumps(row), flush=True)
+        log_file.write(json.dumps(row) + "\n")
+        log_file.flush()
+
+    rows = []
+    for method in ("dfm", "fm"):
+        rows += train_and_eval(method, preset, args.shards, args.seed, device, extractors, real_stats, log)
+    summary = {}
+    for m in metrics:
+        fm_final = [r for r in rows if r["method"] == "fm"][-1][m]
+        summary[m] = {
+            "fm_final": fm_final,
+            "dfm_final": [r for r in rows if r["method"] == "dfm"][-1][m],
+            "steps_to_fm_final": {meth: steps_to_reach([r for r in rows if r["method"] == meth], m, fm_final) for meth in ("dfm", "fm")},
+        }
+    plot(rows, metrics, out / "curves.png")
+    (out / "results.json").write_text(json.dumps({"preset": args.preset, "preset_values": preset.__dict__, "num_real": len(real), "rows": rows, "summary": summary}, indent=2))
+    print(f"\n{'step':>6} " + " ".join(f"{meth}:{m:>4}" for m in metrics for meth in ("dfm", "fm")))
+    for step in sorted({r["step"] for r in rows}):
+        vals = {(r["method"], m): r[m] for r in rows if r["step"] == step for m in metrics}
+        print(f"{step:>6} " + " ".join(f"{vals.get((meth, m), float('nan')):8.2f}" for m in metrics for meth in ("dfm", "fm")))
+    for m, s in summary.items():
+        print(f"{m}: FM final {s['fm_final']:.2f}, DFM final {s['dfm_final']:.2f}; steps to reach FM's final score: "
+              f"DFM {s['steps_to_fm_final']['dfm']}, FM {s['steps_to_fm_final']['fm']}")
+    print(f"wrote {out / 'curves.png'} and {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
