@@ -1,10 +1,10 @@
 """Reading evaluation inputs into uint8 frames: (T, H, W, 3) per video, RGB, channels last.
 
-Today an input is a folder of video files (searched recursively, sorted by relative path, so the
-first N are the same on every run). `iter_videos` is the one seam for other inputs: preprocessed
-shards (decoded through their autoencoder) will plug in there once the data pipeline's reader
-exists; until then a folder of *.parquet shards is refused with a ValueError that says so.
-Each clip is its first `num_frames` decoded frames; a shorter video is an error, never padded.
+An input is a folder of video files (searched recursively, sorted by relative path, so the first
+N are the same on every run), or a preprocessed dataset directory (`manifest.json` + `shards/`,
+written by data_pipeline.preprocess) whose clips are recomposed from their pyramid levels and
+decoded with the autoencoder recorded in the manifest (shards in name order, rows in file order).
+Each clip is its first `num_frames` frames; a shorter video is an error, never padded.
 """
 
 from __future__ import annotations
@@ -17,16 +17,57 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dfm_video.data import schema
+
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi")
+
+
+def is_shard_dataset(path: Path) -> bool:
+    """A data_pipeline.preprocess output directory (decoded through its autoencoder)."""
+    return path.is_dir() and (path / schema.MANIFEST_FILE).is_file() and (path / schema.SHARD_DIR).is_dir()
+
+
+def _shard_items(root: Path) -> list[tuple[Path, int]]:
+    """(shard, row) of every clip of a dataset, in shard-name then row order."""
+    info = schema.DatasetInfo.load(root)
+    return [(p, i) for p in info.shards for i in range(schema.read_shard_meta(p).num_samples)]
+
+
+def _decode_shard_clips(items: list[tuple[Path, int]], root: Path, num_frames: int) -> Iterator[Tensor]:
+    from dfm_video.autoencoders import load_autoencoder
+    from dfm_video.dfm import recompose
+    from dfm_video.media import to_uint8
+
+    info = schema.DatasetInfo.load(root)
+    codec = info.autoencoder
+    patch = (int(codec.get("temporal", 1)), *[int(v) for v in codec.get("spatial", (1, 1))])
+    ae = load_autoencoder(codec["kind"], codec.get("path", ""), pixel_patch=patch)
+    wanted: dict[Path, set[int]] = {}
+    for shard, row in items:
+        wanted.setdefault(shard, set()).add(row)
+    for shard, rows in wanted.items():
+        meta = schema.read_shard_meta(shard)
+        for i, sample in enumerate(schema.iter_samples(shard)):
+            if i not in rows:
+                continue
+            latent = recompose([x[None] for x in sample.levels], meta.factors, meta.temporal_mode)
+            frames = torch.from_numpy(to_uint8(ae.decode(latent)[0]))
+            if frames.shape[0] < num_frames:
+                raise ValueError(
+                    f"{shard}: clip '{sample.key}' has {frames.shape[0]} frames but {num_frames} are needed per clip (--frames)"
+                )
+            yield frames[:num_frames]
 
 
 def _check_dir(path: Path) -> None:
     if not path.exists():
         raise ValueError(f"{path}: no such file or directory")
-    if path.is_file() and path.suffix == ".parquet" or path.is_dir() and next(path.rglob("*.parquet"), None):
+    if path.is_file() and path.suffix == ".parquet" or (
+        path.is_dir() and not is_shard_dataset(path) and next(path.rglob("*.parquet"), None)
+    ):
         raise ValueError(
-            f"{path}: holds preprocessed *.parquet shards; shard input needs the data pipeline's "
-            "reader, which evaluation does not wire yet. Pass a folder of video files instead."
+            f"{path}: holds *.parquet files but is not a dataset directory (manifest.json + shards/); "
+            "pass the data_pipeline.preprocess output directory itself, or a folder of video files"
         )
     if not path.is_dir():
         raise ValueError(f"{path}: expected a folder of video files ({', '.join(VIDEO_EXTENSIONS)})")
@@ -81,13 +122,20 @@ def iter_videos(path: str | Path, num: int | None, num_frames: int) -> Iterator[
     happens before any decoding, so a too-small set fails fast.
     """
     files = select_videos(path, num)
+    if files and isinstance(files[0], tuple):
+        yield from _decode_shard_clips(files, Path(path).expanduser(), num_frames)
+        return
     for f in files:
         yield read_video(f, num_frames)
 
 
-def select_videos(path: str | Path, num: int | None) -> list[Path]:
-    """The first `num` (all if None) video files of an input; ValueError if there are fewer."""
-    files = list_videos(path)
+def select_videos(path: str | Path, num: int | None) -> list:
+    """The first `num` (all if None) videos of an input: file paths, or (shard, row) pairs for a
+    preprocessed dataset; ValueError if there are fewer."""
+    root = Path(path).expanduser()
+    files = _shard_items(root) if is_shard_dataset(root) else list_videos(path)
+    if not files:
+        raise ValueError(f"{root}: no clips found")
     if num is not None:
         if num < 1:
             raise ValueError(f"--num must be >= 1, got {num}")
@@ -103,8 +151,7 @@ def load_videos(path: str | Path, num: int | None, num_frames: int) -> Tensor:
     Convenient for small sets; `iter_videos` streams large ones.
     """
     clips, first = [], None
-    for f in select_videos(path, num):
-        clip = read_video(f, num_frames)
+    for f, clip in zip(select_videos(path, num), iter_videos(path, num, num_frames)):
         if first is None:
             first = (f, clip.shape)
         elif clip.shape != first[1]:
