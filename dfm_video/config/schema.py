@@ -209,12 +209,20 @@ class PreprocessConfig:
     """Clips per shard file."""
     decode_cpus: float = 1.0
     """CPUs per decode task."""
+    decode_concurrency: Optional[int] = None
+    """Most decode tasks running at once (None = as many as the CPUs allow)."""
+    decode_threads: int = 1
+    """FFmpeg threads per decode task (1: parallelism comes from tasks, not threads)."""
     encode_actors: int = 1
     """Autoencoder actors."""
     encode_cpus: float = 0.5
     """CPUs per autoencoder actor (fractional: Ray deadlocks on small machines otherwise)."""
     encode_gpus: float = 0.0
     """GPUs per autoencoder actor (0 on CPU-only machines)."""
+    autoencoder_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Precision the autoencoder runs in; latents are stored as float32 either way."""
+    writer_cpus: float = 0.25
+    """CPUs of the shard-writer actor."""
     batch_size: int = 4
     """Clips per autoencoder batch."""
     ray_address: str = ""
@@ -225,6 +233,10 @@ class PreprocessConfig:
     """Process at most this many clips (smoke tests)."""
     strict: bool = False
     """Exit non-zero when any clip was rejected."""
+    retry_rejects: bool = False
+    """Process clips rejected by an earlier run again (default: a rejected clip counts as done)."""
+    progress: bool = True
+    """Show a progress bar (the final summary line is always printed)."""
 
 
 @dataclass

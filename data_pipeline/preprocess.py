@@ -1,0 +1,214 @@
+"""Preprocess clips into pyramid-latent shards with Ray Data.
+
+    python -m data_pipeline.preprocess --config configs/preprocess/k700.yaml [--set key=value ...] [--strict]
+    python data_pipeline/preprocess.py ...        (the same; what `ray submit` runs)
+
+Chain: sources (driver) -> decode + sample + resize/crop (tasks) -> autoencoder + pyramid (actor
+pool, GPUs when configured) -> shard writer (one actor) -> progress + summary (driver).
+Without `preprocess.ray_address` an embedded local Ray is started; with one (e.g. `auto`) the job
+connects to that cluster, whose nodes must see `input_dir` and `output_dir` at the same paths.
+Everything that can be checked is checked before Ray starts (inputs, CSV columns, output
+directory, frame counts against the codec and the pyramid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the checkout importable when it is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data_pipeline.decode import DecodeParams, decode_batch
+from data_pipeline.encode import EncodeSpec, EncodeStage
+from data_pipeline.sources import build_sources
+from data_pipeline.writer import OutputDir, ShardWriter, WriterSpec
+from dfm_video.autoencoders import autoencoder_info, geometry_of
+from dfm_video.config.loader import load_config, require
+from dfm_video.config.schema import Config
+from dfm_video.dfm.pyramid import level_shapes as pyramid_shapes
+
+log = logging.getLogger("data_pipeline.preprocess")
+
+
+@dataclass
+class Summary:
+    ok: int  # clips written this run
+    rejected: int  # clips a stage rejected this run
+    skipped: int  # clips already done by an earlier run
+    input_rejects: int  # duplicates / malformed rows of the listing
+    pyav_fallbacks: int
+    elapsed_s: float
+    num_samples: int  # clips in the whole dataset
+    num_rejected: int  # rejects in the whole dataset (what --strict checks)
+    output_dir: str
+
+    @property
+    def clips_per_s(self) -> float:
+        return (self.ok + self.rejected) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def line(self) -> str:
+        extra = f", {self.input_rejects} input rows rejected" if self.input_rejects else ""
+        extra += f", {self.pyav_fallbacks} decoded by the PyAV fallback" if self.pyav_fallbacks else ""
+        return (f"preprocess: {self.ok} ok, {self.rejected} rejected, {self.skipped} skipped{extra} in "
+                f"{self.elapsed_s:.1f} s ({self.clips_per_s:.2f} clips/s); dataset {self.num_samples} clips, "
+                f"{self.num_rejected} rejects -> {self.output_dir}")
+
+
+def plan_levels(cfg: Config) -> tuple[dict, list[list[int]]]:
+    """Codec record and (C, T, h, w) of every pyramid level; `ValueError` before any work when they do not fit."""
+    p = cfg.preprocess
+    try:
+        info = autoencoder_info(p.autoencoder, p.autoencoder_path, p.pixel_patch)
+    except ValueError as exc:
+        raise ValueError(f"preprocess.autoencoder / preprocess.autoencoder_path: {exc}") from exc
+    info["path"] = p.autoencoder_path
+    frames = 1 if p.input_type == "images" else p.num_frames
+    try:
+        c, t, h, w = geometry_of(info).latent_shape(frames, *p.resolution, codec=f"autoencoder '{p.autoencoder}'")
+    except ValueError as exc:
+        raise ValueError(f"preprocess.num_frames={frames} / preprocess.resolution={list(p.resolution)}: {exc}") from exc
+    try:
+        shapes = pyramid_shapes((t, h, w), cfg.dfm.factors, cfg.dfm.temporal_mode)
+    except ValueError as exc:
+        raise ValueError(
+            f"preprocess.num_frames={frames} / preprocess.resolution={list(p.resolution)} give latents of (T, h, w) = "
+            f"{(t, h, w)}, which dfm.factors={[list(f) for f in cfg.dfm.factors]} with dfm.temporal_mode="
+            f"'{cfg.dfm.temporal_mode}' cannot decompose: {exc}"
+        ) from exc
+    return info, [[c, *s] for s in shapes]
+
+
+def check_resources(cfg: Config, cluster: dict[str, float]) -> None:
+    """Refuse resource requests the cluster can never grant (Ray would wait forever)."""
+    p = cfg.preprocess
+    if p.encode_gpus > 0 and cluster.get("GPU", 0) < p.encode_gpus:
+        raise ValueError(f"preprocess.encode_gpus={p.encode_gpus} but the Ray cluster has {cluster.get('GPU', 0)} GPUs")
+    need = p.decode_cpus + p.encode_actors * p.encode_cpus + p.writer_cpus
+    if need > cluster.get("CPU", 0):
+        raise ValueError(
+            f"decode_cpus + encode_actors * encode_cpus + writer_cpus = {need} exceeds the cluster's "
+            f"{cluster.get('CPU', 0)} CPUs: the stages would wait on each other forever; lower them"
+        )
+
+
+def build_dataset(items: list[dict], cfg: Config, levels: list[list[int]], codec: dict):
+    """The Ray Data chain; yields one summary row per clip (key, status, stage, reason, decoder, shard)."""
+    import ray.data
+
+    p = cfg.preprocess
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
+    ds = ds.map_batches(decode_batch, fn_kwargs={"params": DecodeParams.from_config(p)}, batch_size=1,
+                        compute=ray.data.TaskPoolStrategy(size=p.decode_concurrency), num_cpus=p.decode_cpus,
+                        # max_calls recycles decode workers (bounds native decoder memory growth);
+                        # being a task-only option it also keeps Ray Data from fusing decoding
+                        # into the encoder actors, which would cap decode parallelism there.
+                        max_calls=1000, batch_format="numpy")
+    ds = ds.map_batches(EncodeStage, fn_constructor_kwargs={"spec": EncodeSpec.from_config(cfg, levels)},
+                        batch_size=p.batch_size, compute=ray.data.ActorPoolStrategy(size=p.encode_actors),
+                        num_cpus=p.encode_cpus, num_gpus=p.encode_gpus or None, batch_format="numpy")
+    spec = WriterSpec(p.output_dir, [list(f) for f in cfg.dfm.factors], cfg.dfm.temporal_mode, levels, codec, p.fps)
+    return ds.map_batches(ShardWriter, fn_constructor_kwargs={"spec": spec}, batch_size=p.samples_per_shard,
+                          compute=ray.data.ActorPoolStrategy(size=1), num_cpus=p.writer_cpus, batch_format="numpy")
+
+
+def _start_ray(cfg: Config) -> bool:
+    """Connect to / start Ray unless already initialised; returns whether this call started it."""
+    import ray
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # one tqdm bar on the driver instead of one per operator
+    ctx.print_on_execution_start = False
+    if ray.is_initialized():
+        return False
+    address = cfg.preprocess.ray_address or None
+    ray.init(address=address, num_cpus=None if address else cfg.preprocess.num_cpus,
+             include_dashboard=False, configure_logging=False, log_to_driver=True)
+    return True
+
+
+def run(cfg: Config) -> Summary:
+    """Run (or resume) the preprocessing job described by `cfg`; returns the summary."""
+    start = time.time()
+    p = cfg.preprocess
+    require(cfg, "preprocess.input_dir", "preprocess.output_dir", source="preprocess")
+    codec, levels = plan_levels(cfg)
+    sources = build_sources(p)
+    out = OutputDir(p.output_dir)
+    try:
+        out.check_compatible(cfg, sources.labels, codec)
+        out.write_run_files(cfg, sources.labels, sources.rejects)
+        done = out.done_keys(p.retry_rejects)
+        pending = [asdict(it) for it in sources.items if it.key not in done]
+        if p.retry_rejects:
+            out.drop_rejects({it["key"] for it in pending})
+        status: Counter = Counter()
+        if pending:
+            status = _process(cfg, pending, levels, codec)
+        run_record = {"ok": status["ok"], "rejected": status["rejected"], "skipped": len(sources.items) - len(pending),
+                      "seconds": round(time.time() - start, 2)}
+        manifest = out.finalize(run_record, levels, [list(f) for f in cfg.dfm.factors], cfg.dfm.temporal_mode, codec)
+    finally:
+        out.close()
+    return Summary(status["ok"], status["rejected"], len(sources.items) - len(pending), len(sources.rejects),
+                   status["pyav-fallback"], time.time() - start, manifest["num_samples"], manifest["num_rejected"],
+                   str(p.output_dir))
+
+
+def _process(cfg: Config, pending: list[dict], levels: list[list[int]], codec: dict) -> Counter:
+    import ray
+    from tqdm import tqdm
+
+    started = _start_ray(cfg)
+    try:
+        check_resources(cfg, ray.cluster_resources())
+        counts: Counter = Counter()
+        with tqdm(total=len(pending), unit="clip", desc="preprocess", disable=not cfg.preprocess.progress) as bar:
+            for batch in build_dataset(pending, cfg, levels, codec).iter_batches(batch_size=None, batch_format="numpy"):
+                counts.update(str(s) for s in batch["status"])
+                counts.update(str(d) for d in batch["decoder"] if d == "pyav-fallback")
+                bar.update(len(batch["status"]))
+                bar.set_postfix(ok=counts["ok"], rejected=counts["rejected"])
+        return counts
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="data_pipeline.preprocess", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="YAML config (a path, or a name under configs/)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set preprocess.limit=100 (repeatable)")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when the dataset has any rejected clip")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: 0 = done, 1 = done but rejects exist under --strict, 2 = configuration or input error."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.strict:
+            cfg.preprocess.strict = True
+        summary = run(cfg)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.line(), flush=True)
+    if cfg.preprocess.strict and summary.num_rejected:
+        print(f"error: --strict: {summary.num_rejected} clip(s) rejected, see {Path(cfg.preprocess.output_dir) / 'rejects.parquet'}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
