@@ -29,6 +29,7 @@ from dfm_video.media import contact_sheet, to_uint8, write_mp4, write_png
 from dfm_video.models import DiT3D, build_model
 from dfm_video.train.checkpoint import latest_tag, read_checkpoint_weights
 from dfm_video.train.export import load_export
+from dfm_video.weights import check_state_dict
 
 
 @dataclass
@@ -77,13 +78,7 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu", dtype: 
     state = model.state_dict()
     if partitioned:  # ZeRO-3 EMA: flat concatenation of rank partitions (padded at the end)
         weights = {k: v[: state[k].numel()].view(state[k].shape) for k, v in weights.items() if k in state}
-    missing = sorted(set(state) - set(weights))
-    unexpected = sorted(set(weights) - set(state))
-    if missing or unexpected:
-        raise ValueError(f"{src}: weights do not match the model built from its config (missing {missing[:5]}, unexpected {unexpected[:5]})")
-    for k, v in weights.items():
-        if v.shape != state[k].shape:
-            raise ValueError(f"{src}: weight '{k}' has shape {tuple(v.shape)}, the model expects {tuple(state[k].shape)}")
+    check_state_dict(state, weights, f"{src} (weights vs the model built from its config)")
     model.load_state_dict(weights)
     model.to(device=device, dtype=dtype).eval()
     return Generator(model=model, cfg=cfg, meta=meta, source=src)

