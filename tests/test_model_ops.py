@@ -1,4 +1,4 @@
-"""Elementwise ops of the DiT (the references for fused kernels) and 3D RoPE, against float64."""
+"""The DiT's ops (thin wrappers over `kernels`' references) and 3D RoPE, against float64."""
 
 from __future__ import annotations
 
@@ -21,18 +21,14 @@ from dfm_video.models.ops import (
 
 def _rope_reference(x: torch.Tensor, pos: tuple[int, int, int], theta: float) -> torch.Tensor:
     """Rotate one head vector x (Dh,) at grid position pos, written from the convention with
-    explicit complex multiplications per (x1[i], x2[i]) pair of each section, in float64."""
-    out = []
-    start = 0
-    for p, d in zip(pos, rope_sections(x.shape[0])):
-        part = x[start : start + d]
-        x1, x2 = part[: d // 2], part[d // 2 :]
-        z = torch.complex(x1, x2)
-        ang = torch.tensor([p * theta ** (-2 * i / d) for i in range(d // 2)], dtype=torch.float64)
-        z = z * torch.polar(torch.ones_like(ang), ang)
-        out.extend([z.real, z.imag])
-        start += d
-    return torch.cat(out)
+    explicit complex multiplications per split pair (x[i], x[i + Dh/2]), in float64: the t axis
+    owns the first pairs, then h, then w; an axis with n pairs rotates its pair j by
+    pos * theta^(-j/n)."""
+    half = x.shape[0] // 2
+    pairs = [d // 2 for d in rope_sections(x.shape[0])]
+    ang = torch.tensor([p * theta ** (-j / n) for p, n in zip(pos, pairs) for j in range(n)], dtype=torch.float64)
+    z = torch.complex(x[:half], x[half:]) * torch.polar(torch.ones_like(ang), ang)
+    return torch.cat([z.real, z.imag])
 
 
 def _grid_positions(grid):
@@ -56,7 +52,7 @@ def test_rope_matches_float64_reference(head_dim: int) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 2, math.prod(grid), head_dim, generator=g, dtype=torch.float64)
     cos, sin = rope_tables(grid, head_dim, theta, dtype=torch.float64)
-    out = apply_rope(x, cos, sin)
+    out, _ = apply_rope(x, x, cos, sin)
     positions = _grid_positions(grid)
     ref = torch.stack(
         [torch.stack([_rope_reference(x[0, h, n], pos, theta) for n, pos in enumerate(positions)]) for h in range(2)]
@@ -64,7 +60,7 @@ def test_rope_matches_float64_reference(head_dim: int) -> None:
     torch.testing.assert_close(out[0], ref, rtol=1e-12, atol=1e-12)
     # the float32 path (what the model runs) agrees to float32 precision
     cos32, sin32 = rope_tables(grid, head_dim, theta)
-    torch.testing.assert_close(apply_rope(x.float(), cos32, sin32).double(), out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(apply_rope(x.float(), x.float(), cos32, sin32)[0].double(), out, rtol=1e-5, atol=1e-5)
 
 
 def test_rope_relative_position_property() -> None:
@@ -75,8 +71,8 @@ def test_rope_relative_position_property() -> None:
     k = torch.randn(head_dim, generator=g, dtype=torch.float64)
     N = math.prod(grid)
     cos, sin = rope_tables(grid, head_dim, 10000.0, dtype=torch.float64)
-    rq = apply_rope(q.expand(1, 1, N, head_dim), cos, sin)[0, 0]  # (N, Dh): q at every position
-    rk = apply_rope(k.expand(1, 1, N, head_dim), cos, sin)[0, 0]
+    rq, rk = apply_rope(q.expand(1, 1, N, head_dim), k.expand(1, 1, N, head_dim), cos, sin)
+    rq, rk = rq[0, 0], rk[0, 0]  # (N, Dh): q and k at every position
     scores = rq @ rk.T  # (N, N)
     pos = _grid_positions(grid)
     by_offset: dict[tuple[int, int, int], list[float]] = {}
@@ -93,10 +89,12 @@ def test_rope_relative_position_property() -> None:
 
 
 def test_rope_identity_for_single_frame_time_section() -> None:
-    # T = 1 (images): every token has t = 0, so the time section is left untouched
+    # T = 1 (images): every token has t = 0, so the time axis' pairs (the first columns) are left untouched
     cos, sin = rope_tables((1, 4, 4), 12)
-    d_t = rope_sections(12)[0]
-    assert torch.equal(cos[:, :d_t], torch.ones(16, d_t)) and torch.equal(sin[:, :d_t], torch.zeros(16, d_t))
+    p_t = rope_sections(12)[0] // 2
+    assert cos.shape == (16, 6)
+    assert torch.equal(cos[:, :p_t], torch.ones(16, p_t)) and torch.equal(sin[:, :p_t], torch.zeros(16, p_t))
+    assert not torch.equal(cos[:, p_t:], torch.ones(16, 6 - p_t))  # h and w do rotate
 
 
 def test_rope_tables_cached_and_inference_safe() -> None:
@@ -105,16 +103,16 @@ def test_rope_tables_cached_and_inference_safe() -> None:
     assert rope_tables((2, 3, 3), 12, 10000.0)[0] is cos  # cached
     assert not cos.is_inference()  # a table first built while sampling can be saved for backward
     x = torch.randn(1, 1, 18, 12, requires_grad=True)
-    apply_rope(x, cos, sin).sum().backward()
+    apply_rope(x, x, cos, sin)[0].sum().backward()
     assert x.grad is not None
 
 
 def test_apply_rope_keeps_dtype() -> None:
     cos, sin = rope_tables((1, 2, 2), 12)
     x = torch.randn(1, 2, 4, 12).bfloat16()
-    out = apply_rope(x, cos, sin)
+    out, _ = apply_rope(x, x, cos, sin)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), apply_rope(x.float(), cos, sin), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(out.float(), apply_rope(x.float(), x.float(), cos, sin)[0], rtol=1e-2, atol=1e-2)
 
 
 def test_elementwise_ops_vs_float64_reference() -> None:

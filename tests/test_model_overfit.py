@@ -10,13 +10,7 @@ from dfm_video.dfm import TimestepParams, decompose, dfm_loss, noisy_levels, sam
 from dfm_video.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and robust to busy shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 
 STEPS = 200

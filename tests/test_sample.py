@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dfm_video.config import load_config
-from dfm_video.dfm import decompose, level_shapes, recompose
+from dfm_video.dfm import level_shapes, recompose
 from dfm_video.models import build_model
 from dfm_video.sample import Generator, decode_latents, generate, load_generator, main, resolve_labels, write_outputs
 from train_helpers import ROOT, cpu_env, deepspeed_cmd, run

@@ -1,16 +1,11 @@
-"""Typed configuration: dataclasses (`schema`) and YAML loading with dotted overrides (`loader`)."""
+"""Typed configuration: dataclasses (`schema`) and YAML loading with dotted overrides (`loader`).
 
-from dfm_video.config.loader import (
-    CONFIG_DIR,
-    apply_override,
-    config_from_dict,
-    config_to_dict,
-    load_config,
-    require,
-    resolve_config_path,
-    save_config,
-    validate,
-)
+The loader (and with it PyYAML) is imported lazily, so `dfm_video.config.schema` and the model
+package import on a bare GPU image that has torch but no yaml.
+"""
+
+from typing import Any
+
 from dfm_video.config.schema import (
     Config,
     DataConfig,
@@ -23,8 +18,28 @@ from dfm_video.config.schema import (
     TrainConfig,
 )
 
-__all__ = [
+_LOADER_NAMES = (
     "CONFIG_DIR",
+    "apply_override",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "require",
+    "resolve_config_path",
+    "save_config",
+    "validate",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOADER_NAMES:
+        from dfm_video.config import loader
+
+        return getattr(loader, name)
+    raise AttributeError(f"module 'dfm_video.config' has no attribute '{name}'")
+
+
+__all__ = [
     "Config",
     "DataConfig",
     "DFMConfig",
@@ -34,12 +49,5 @@ __all__ = [
     "PreprocessConfig",
     "SampleConfig",
     "TrainConfig",
-    "apply_override",
-    "config_from_dict",
-    "config_to_dict",
-    "load_config",
-    "require",
-    "resolve_config_path",
-    "save_config",
-    "validate",
+    *_LOADER_NAMES,
 ]

@@ -11,6 +11,7 @@ trainer's job; `null_class` is the label of the unconditional branch).
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING
 
@@ -20,13 +21,23 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+import kernels
 from dfm_video.models.attention import attention, resolve_attention_backend
-from dfm_video.models.ops import apply_rope, gated_residual, layer_norm, modulate, rms_norm, rope_tables
+from dfm_video.models.ops import (
+    apply_rope,
+    gated_residual,
+    gated_residual_modulated_norm,
+    modulated_norm,
+    rms_norm,
+    rope_tables,
+)
 from dfm_video.models.patch import patchify, stage_patch_sizes, token_grid, unpatchify
 from dfm_video.models.registry import resolve_size
 
 if TYPE_CHECKING:  # runtime needs only the attributes (the GPU image may lack the config loader's yaml)
     from dfm_video.config.schema import DFMConfig, ModelConfig
+
+log = logging.getLogger(__name__)
 
 FREQ_DIM = 256  # DiT's sinusoidal timestep embedding size
 TIME_FACTOR = 1000.0  # (ours, as Flux/SD3) t in [0, 1] -> [0, 1000] so DiT's frequencies resolve it
@@ -63,12 +74,13 @@ class SelfAttention(nn.Module):
         self.q_norm = nn.Parameter(torch.ones(self.head_dim)) if qk_norm else None
         self.k_norm = nn.Parameter(torch.ones(self.head_dim)) if qk_norm else None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, backend: str) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, backend: str, kernel_backend: str) -> Tensor:
+        """x (B, N, D), cos/sin (N, Dh/2); `backend` the attention, `kernel_backend` the RoPE one."""
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self.q_norm is not None:
             q, k = rms_norm(q, self.q_norm), rms_norm(k, self.k_norm)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, Hd, N, Dh)
+        q, k = apply_rope(q, k, cos, sin, kernel_backend)  # (B, Hd, N, Dh), one launch for both
         out = attention(q, k, v, backend)  # (B, Hd, N, Dh)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
@@ -84,12 +96,19 @@ class DiTBlock(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: Tensor, c: Tensor, cos: Tensor, sin: Tensor, backend: str) -> Tensor:
-        """x (B, N, D), c (B, D), cos/sin (N, Dh) -> (B, N, D)."""
+    def forward(self, x: Tensor, c: Tensor, cos: Tensor, sin: Tensor, backend: str, kernel_backend: str) -> Tensor:
+        """x (B, N, D), c (B, D), cos/sin (N, Dh/2) -> (B, N, D).
+
+        `backend`: the resolved attention backend; `kernel_backend`: "triton" or "torch" for the
+        fused adaLN/RoPE ops. The attention residual and the MLP's pre-norm are one op (with
+        Triton, one pass: h is normalised from registers instead of being read back).
+        """
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = gated_residual(x, gate_a, self.attn(modulate(layer_norm(x), shift_a, scale_a), cos, sin, backend))
-        h = self.fc2(F.gelu(self.fc1(modulate(layer_norm(x), shift_m, scale_m)), approximate="tanh"))
-        return gated_residual(x, gate_m, h)
+        a = modulated_norm(x, shift_a, scale_a, kernel_backend)
+        y = self.attn(a, cos, sin, backend, kernel_backend)
+        h, m = gated_residual_modulated_norm(x, gate_a, y, shift_m, scale_m, kernel_backend)
+        y = self.fc2(F.gelu(self.fc1(m), approximate="tanh"))
+        return gated_residual(h, gate_m, y, kernel_backend)
 
 
 class FinalLayer(nn.Module):
@@ -100,9 +119,9 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
         self.linear = nn.Linear(dim, out_dim)
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, kernel_backend: str) -> Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(layer_norm(x), shift, scale))
+        return self.linear(modulated_norm(x, shift, scale, kernel_backend))
 
 
 class DiT3D(nn.Module):
@@ -122,7 +141,7 @@ class DiT3D(nn.Module):
         self.head_dim = D // size.num_heads
         self.temporal_mode = dfm_cfg.temporal_mode
         self.null_class = model_cfg.num_classes  # label of the unconditional (CFG) branch
-        self.kernels = model_cfg.kernels  # fused-op switch: passed through, not implemented yet
+        self.kernels = model_cfg.kernels  # fused-op switch, resolved per device by kernels_backend
         self.patches = stage_patch_sizes(model_cfg.patch_size, dfm_cfg.factors)
         C = self.in_channels
         vols = [math.prod(p) * C for p in self.patches]
@@ -137,6 +156,7 @@ class DiT3D(nn.Module):
         )
         self.final_layers = nn.ModuleList(FinalLayer(D, v) for v in vols)
         self._backends: dict[str, str] = {}
+        self._kernel_backends: dict[str, str] = {}
         self.initialize_weights()
         if model_cfg.compile:
             for block in self.blocks:
@@ -172,6 +192,28 @@ class DiT3D(nn.Module):
         if key not in self._backends:
             self._backends[key] = resolve_attention_backend(self.model_cfg.attention, device)
         return self._backends[key]
+
+    def kernels_backend(self, device: torch.device) -> str:
+        """The resolved `model_cfg.kernels` switch on `device`: "triton" or "torch" (once per device).
+
+        `auto` picks Triton on CUDA when triton is importable, except when the blocks are
+        torch.compile'd: Inductor fuses the torch references itself and the Triton autograd
+        Functions are not tested under compile (docs/kernels.md), so `auto` + `compile` means
+        torch. An explicit `triton` that cannot run raises RuntimeError naming what is missing.
+        """
+        key = str(device)
+        if key not in self._kernel_backends:
+            name = self.model_cfg.kernels
+            if name == "auto" and self.model_cfg.compile:
+                resolved = "torch"
+            else:
+                try:
+                    resolved = kernels.resolve_backend(name, device)
+                except (RuntimeError, ValueError) as e:
+                    raise type(e)(f"model.kernels={name!r} on {device}: {e}") from e
+            log.info("model.kernels=%r on %s: %s ops", name, device, resolved)
+            self._kernel_backends[key] = resolved
+        return self._kernel_backends[key]
 
     def token_grid(self, shapes: list[tuple[int, int, int]]) -> tuple[int, int, int]:
         """The common token grid of the stages' (T, H, W) shapes; ValueError if they differ."""
@@ -229,14 +271,15 @@ class DiT3D(nn.Module):
 
         cos, sin = rope_tables(grid, self.head_dim, self.model_cfg.rope_theta, x.device)
         backend = self.attention_backend(x.device)
+        kbackend = self.kernels_backend(x.device)
         ckpt = self.model_cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if ckpt:
-                x = checkpoint(block, x, c, cos, sin, backend, use_reentrant=False)
+                x = checkpoint(block, x, c, cos, sin, backend, kbackend, use_reentrant=False)
             else:
-                x = block(x, c, cos, sin, backend)
+                x = block(x, c, cos, sin, backend, kbackend)
 
         return [
-            unpatchify(head(x, c), grid, patch, self.in_channels, self.temporal_mode)
+            unpatchify(head(x, c, kbackend), grid, patch, self.in_channels, self.temporal_mode)
             for head, patch in zip(self.final_layers, self.patches)
         ]

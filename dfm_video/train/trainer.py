@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from dfm_video.config import Config, config_to_dict, save_config
-from dfm_video.data.loader import TrainingData, open_training_data
+from dfm_video.data.loader import open_training_data
 from dfm_video.dfm import TimestepParams, dfm_objective
 from dfm_video.models import build_model
 from dfm_video.models.flops import training_flops
@@ -27,7 +27,7 @@ from dfm_video.models.patch import stage_patch_sizes, token_grid
 from dfm_video.train.checkpoint import latest_tag, load_checkpoint, save_checkpoint
 from dfm_video.train.ds_config import build_deepspeed_config, gradient_accumulation_steps
 from dfm_video.train.ema import EMA
-from dfm_video.train.engine import DistInfo, create_engine, init_distributed
+from dfm_video.train.engine import create_engine, init_distributed
 from dfm_video.train.export import export_weights
 from dfm_video.train.lr_schedule import lr_multiplier
 from dfm_video.train.metrics import MetricAccumulator, MetricWriter
