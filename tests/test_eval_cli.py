@@ -84,7 +84,7 @@ def test_set_against_itself_is_zero_and_shift_is_larger(dirs: dict[str, Path]) -
         ("empty", "empty: no video files"),
         ("one", "1 video.s.; a covariance needs at least 2"),
         ("frames", r"clip_000.mp4: has 9 frames but 16 are needed"),
-        ("shards", "shard input needs the data pipeline"),
+        ("shards", "not a dataset directory"),
         ("fdd", "FDD needs --dinov2-weights"),
         ("metric", "unknown .'fvx'.; choose from fvd,fid,fdd"),
         ("num", r"3 videos requested .--num. but only 1 found"),
