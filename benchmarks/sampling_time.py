@@ -23,6 +23,7 @@ from dfm_video.sample import Generator, generate
 SIZES = {
     # name: (overrides, latent (C, T, H, W))
     "demo": (["model.depth=4", "model.hidden_size=128", "model.num_heads=4", "model.in_channels=48", "model.num_classes=3"], (48, 9, 8, 8)),
+    "s": (["model.name=DiT3D-S", "model.in_channels=16", "model.num_classes=3"], (16, 5, 32, 32)),
     "xl": (["model.name=DiT3D-XL", "model.in_channels=16"], (16, 13, 64, 64)),
 }
 
