@@ -21,8 +21,15 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the checkout importable when it is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script (e.g. by `ray submit`, as ~/preprocess.py)
+    # Python put this file's folder first on sys.path, where decode.py, writer.py, ... would
+    # shadow same-named modules: drop it, and fall back to the checkout only if not installed.
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+        sys.path.pop(0)
+    try:
+        import data_pipeline  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_pipeline.decode import DecodeParams, decode_batch
 from data_pipeline.encode import EncodeSpec, EncodeStage
