@@ -30,6 +30,7 @@ from data_pipeline.sources import Reject
 from dfm_video.config.loader import config_to_dict, save_config
 from dfm_video.config.schema import Config
 from dfm_video.data import schema as S
+from dfm_video.dfm.pyramid import recompose
 from dfm_video.dfm.standardize import LevelMoments
 
 SOURCE_REJECTS = "part-source.parquet"  # rewritten by every run from its input listing
@@ -88,9 +89,12 @@ def write_batch(spec: WriterSpec, batch: dict[str, np.ndarray]) -> dict[str, np.
     shard = ""
     if samples:
         moments = LevelMoments(num_levels, spec.level_shapes[0][0])
+        latent = LevelMoments(1, spec.level_shapes[0][0])
         for smp in samples:
             moments.update(smp.levels)
-        meta = S.ShardMeta(len(samples), spec.factors, spec.temporal_mode, spec.level_shapes, spec.autoencoder, moments.to_dict())
+            latent.update([recompose([x[None] for x in smp.levels], spec.factors, spec.temporal_mode)])
+        meta = S.ShardMeta(len(samples), spec.factors, spec.temporal_mode, spec.level_shapes, spec.autoencoder,
+                           moments.to_dict(), latent_moments=latent.to_dict())
         shard = batch_name(S.SHARD_PREFIX, [s.key for s in samples])
         S.write_shard(root / S.SHARD_DIR / shard, samples, meta)
     if rejects:
@@ -211,10 +215,13 @@ class OutputDir:
         """Rebuild stats.json, rejects.parquet and manifest.json from what is on disk."""
         shards = S.list_shards(self.root)
         moments = LevelMoments(len(level_shapes), level_shapes[0][0])
+        latent: LevelMoments | None = LevelMoments(1, level_shapes[0][0])
         entries, seen, dupes = [], set(), set()
         for shard in shards:
             meta = S.read_shard_meta(shard)
             moments.merge(meta.level_moments())
+            shard_latent = meta.whole_latent_moments()
+            latent = latent.merge(shard_latent) if latent is not None and shard_latent is not None else None
             entries.append({"name": shard.name, "num_samples": meta.num_samples})
             keys = S.read_keys(shard)
             dupes.update(seen.intersection(keys))
@@ -225,6 +232,7 @@ class OutputDir:
         stats = moments.stats().to_dict() if num_samples else None
         S.write_json_atomic(self.root / S.STATS_FILE, {
             "schema_version": S.SCHEMA_VERSION, "num_samples": num_samples, "moments": moments.to_dict(), "stats": stats,
+            "latent_moments": latent.to_dict() if latent is not None and num_samples else None,
         })
         rejects = S.read_rejects(self.root)
         S.write_table_atomic(rejects, self.root / S.REJECTS_FILE)

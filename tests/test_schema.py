@@ -148,3 +148,22 @@ def test_dataset_info_refuses_unfinished_or_old_output(tmp_path) -> None:
     (tmp_path / S.LABELS_FILE).write_text(json.dumps(data))
     with pytest.raises(ValueError, match="labels.json: schema_version 0"):
         S.DatasetInfo.load(tmp_path)
+
+
+@pytest.mark.slow
+def test_whole_latent_statistics_match_the_recomposed_clips(tiny_shards):
+    """stats.json also holds the moments of the whole latent, for flow-matching baselines (S = 1)."""
+    import torch
+
+    from dfm_video.data.schema import DatasetInfo, iter_samples
+    from dfm_video.dfm import LevelMoments, recompose
+
+    info = DatasetInfo.load(tiny_shards)
+    assert info.latent_moments is not None
+    ref = LevelMoments(1, info.level_shapes[0][0])
+    for shard in info.shards:
+        for smp in iter_samples(shard):
+            ref.update([recompose([x[None].double() for x in smp.levels], info.factors, info.temporal_mode)])
+    got, want = info.latent_moments.stats(), ref.stats()
+    assert torch.allclose(got.mean, want.mean, atol=1e-6) and torch.allclose(got.std, want.std, rtol=1e-6)
+    assert float(info.latent_moments.count[0]) == float(ref.count[0])

@@ -3,6 +3,7 @@ shards made by the real Ray pipeline from real clips."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -96,7 +97,7 @@ def test_flow_matching_baseline_trains_in_the_same_trainer(tiny_shards, tmp_path
     r = run(
         deepspeed_cmd(
             _overrides(
-                tiny_shards, out, "dfm.num_stages=1", "dfm.factors=[]", "dfm.stage_probs=[1.0]", "dfm.standardize=false",
+                tiny_shards, out, "dfm.num_stages=1", "dfm.factors=[]", "dfm.stage_probs=[1.0]",
                 "sample.steps=[8]", "train.steps=6",
             )
         )
@@ -106,6 +107,9 @@ def test_flow_matching_baseline_trains_in_the_same_trainer(tiny_shards, tmp_path
     assert "loss/stage1" in m[6] and "loss/stage2" not in m[6]
     assert m[6]["train/stage1_fraction"] == 1.0
     assert (out / "export" / "model.safetensors").is_file()
+    # the single level is standardised with the whole-latent statistics stored beside the shards
+    meta = json.loads((out / "export" / "dataset.json").read_text())
+    assert meta["stats"] is not None and len(meta["stats"]["mean"]) == 1
 
 
 def test_bad_config_key_fails_before_any_process_group(tiny_shards, tmp_path):

@@ -188,13 +188,17 @@ def open_training_data(cfg: Config, source: str = "config") -> TrainingData:
             level_shapes(finest, cfg.dfm.factors, cfg.dfm.temporal_mode)
         except ValueError as exc:
             raise ValueError(f"{source}: dfm.factors {cfg.dfm.factors} cannot decompose the latents of {root}: {exc}") from exc
-        if cfg.dfm.standardize:
+        single = cfg.dfm.num_stages == 1 and info.latent_moments is not None
+        if cfg.dfm.standardize and not single:
             raise ValueError(
                 f"{source}: the shards in {root} were decomposed with factors {info.factors} ({info.temporal_mode}), the config "
                 f"asks for {[list(f) for f in cfg.dfm.factors]} ({cfg.dfm.temporal_mode}); they can be re-decomposed exactly, but "
-                "per-level statistics exist only for the stored pyramid: set dfm.standardize=false or re-run preprocessing"
+                "statistics exist only for the stored pyramid and the whole latent (flow matching, dfm.num_stages=1): "
+                "set dfm.standardize=false or re-run preprocessing with these factors"
             )
-    stats = info.stats() if cfg.dfm.standardize else None
+    stats = None
+    if cfg.dfm.standardize:
+        stats = info.stats() if same else info.latent_moments.stats()
     return TrainingData(
         cfg=cfg,
         info=info,

@@ -6,8 +6,10 @@ A dataset directory (written by `data_pipeline.preprocess`) holds:
     rejects/part-<hash>.parquet   clips that failed a stage (the durable per-batch record)
     rejects.parquet               all rejects in one table (rebuilt at the end of every run)
     labels.json                   {"schema_version", "labels": [name, ...]}: label id = list index
-    stats.json                    {"schema_version", "num_samples", "moments", "stats"}: per-level,
-                                  per-channel `LevelMoments` (mergeable) and `LevelStats` (mean/std)
+    stats.json                    {"schema_version", "num_samples", "moments", "stats",
+                                  "latent_moments"}: per-level, per-channel `LevelMoments`
+                                  (mergeable) and `LevelStats` (mean/std), plus the moments of
+                                  the whole latent (one level: for flow-matching baselines)
     manifest.json                 counts, shard list, level shapes, codec, factors, run history
     config.yaml                   the resolved `Config` of the run
 
@@ -36,7 +38,7 @@ import os
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -133,6 +135,9 @@ class ShardMeta:
     autoencoder: dict[str, Any]  # `Autoencoder.describe()` + "path"
     moments: dict[str, list]  # `LevelMoments.to_dict()` of this shard's levels
     latent_dtype: str = "float32"
+    # `LevelMoments.to_dict()` (one level) of the whole latent (the levels recomposed): what a
+    # trainer that re-decomposes the shards into a single level (flow matching) standardises with
+    latent_moments: Optional[dict[str, list]] = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -150,6 +155,9 @@ class ShardMeta:
 
     def level_moments(self) -> LevelMoments:
         return LevelMoments.from_dict(self.moments)
+
+    def whole_latent_moments(self) -> Optional[LevelMoments]:
+        return LevelMoments.from_dict(self.latent_moments) if self.latent_moments else None
 
 
 def _level_bytes(x: Tensor) -> bytes:
@@ -292,6 +300,7 @@ class DatasetInfo:
     moments: LevelMoments
     manifest: dict[str, Any]
     shards: list[Path] = field(default_factory=list)
+    latent_moments: Optional[LevelMoments] = None  # of the whole latent (one level), if recorded
 
     @classmethod
     def load(cls, root: str | Path) -> "DatasetInfo":
@@ -307,7 +316,8 @@ class DatasetInfo:
                 f"{root}: the shards on disk differ from {MANIFEST_FILE} "
                 f"({len(shards)} vs {len(listed)}): re-run data_pipeline.preprocess to finish it"
             )
-        return cls(root, list(labels), LevelMoments.from_dict(stats["moments"]), manifest, shards)
+        latent = LevelMoments.from_dict(stats["latent_moments"]) if stats.get("latent_moments") else None
+        return cls(root, list(labels), LevelMoments.from_dict(stats["moments"]), manifest, shards, latent)
 
     @property
     def num_samples(self) -> int:
