@@ -27,7 +27,7 @@ import torch
 from dfm_video.autoencoders import load_autoencoder
 from dfm_video.config import Config, load_config
 from dfm_video.data.loader import open_training_data
-from dfm_video.dfm import LevelMoments, LevelStats, TimestepParams, decompose, dfm_objective, recompose
+from dfm_video.dfm import TimestepParams, dfm_objective, recompose
 from dfm_video.eval.frechet import frechet_distance, feature_statistics
 from dfm_video.evaluate import build_fid, build_fvd
 from dfm_video.media import to_uint8
@@ -66,24 +66,10 @@ PRESETS = {
 def method_config(preset: Preset, shards: str, method: str, seed: int) -> Config:
     extra = [f"data.shards={shards}", "data.num_workers=0", f"train.seed={seed}", "distributed.zero_stage=0"]
     if method == "fm":
-        extra += ["dfm.num_stages=1", "dfm.factors=[]", "dfm.stage_probs=[1.0]", "sample.steps=[40]", "dfm.standardize=false"]
+        extra += ["dfm.num_stages=1", "dfm.factors=[]", "dfm.stage_probs=[1.0]", "sample.steps=[40]"]
     else:
-        extra += [f"sample.steps=[{preset.dfm_steps[0]},{preset.dfm_steps[1]}]", "dfm.standardize=false"]
+        extra += [f"sample.steps=[{preset.dfm_steps[0]},{preset.dfm_steps[1]}]"]
     return load_config(None, list(preset.overrides) + extra)
-
-
-def level_stats(data) -> LevelStats:
-    """Exact per-level statistics of the configured pyramid, one pass over the (small) dataset."""
-    acc = None
-    for i in range(len(data.dataset)):
-        levels, _ = data.dataset[i]
-        levels = [x[None] for x in levels]
-        if data.redecompose:
-            levels = decompose(recompose(levels, data.info.factors, data.info.temporal_mode), data.cfg.dfm.factors, data.cfg.dfm.temporal_mode)
-        if acc is None:
-            acc = LevelMoments(len(levels), levels[0].shape[1])
-        acc.update(levels)
-    return acc.stats()
 
 
 def real_clips(data) -> list[np.ndarray]:
@@ -100,9 +86,9 @@ def real_clips(data) -> list[np.ndarray]:
 
 def train_and_eval(method: str, preset: Preset, shards: str, seed: int, device: torch.device, extractors, real_stats, log) -> list[dict]:
     cfg = method_config(preset, shards, method, seed)
+    # both methods train on unit-std levels (the paper's video setting): DFM with the per-level
+    # statistics of the shards, FM with the whole-latent statistics stored beside them
     data = open_training_data(cfg, f"preset {method}")
-    stats = level_stats(data)  # both methods train on unit-std levels (the paper's video setting)
-    data.stats = stats
     torch.manual_seed(seed)
     model = build_model(cfg.model, cfg.dfm).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
@@ -110,7 +96,6 @@ def train_and_eval(method: str, preset: Preset, shards: str, seed: int, device: 
     ema = EMA(model, cfg.train.ema_decay)
     ema_model = build_model(cfg.model, cfg.dfm).to(device).eval()
     meta = data.dataset_meta()
-    meta["stats"] = stats.to_dict()
     params = TimestepParams.from_config(cfg.dfm)
     batches = data.batches(rank=0, world_size=1, start=0, device=device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)

@@ -193,8 +193,9 @@ def open_training_data(cfg: Config, source: str = "config") -> TrainingData:
             raise ValueError(
                 f"{source}: the shards in {root} were decomposed with factors {info.factors} ({info.temporal_mode}), the config "
                 f"asks for {[list(f) for f in cfg.dfm.factors]} ({cfg.dfm.temporal_mode}); they can be re-decomposed exactly, but "
-                "statistics exist only for the stored pyramid and the whole latent (flow matching, dfm.num_stages=1): "
-                "set dfm.standardize=false or re-run preprocessing with these factors"
+                "statistics exist only for the stored pyramid and the whole latent (flow matching, dfm.num_stages=1"
+                + ("" if info.latent_moments is not None else "; these shards predate whole-latent statistics")
+                + "): set dfm.standardize=false or preprocess into a new output_dir with these factors"
             )
     stats = None
     if cfg.dfm.standardize:
