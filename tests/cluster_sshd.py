@@ -57,19 +57,19 @@ def missing_tools() -> list[str]:
     return missing
 
 
+def apt_install(packages: list[str], timeout: float = 600) -> None:
+    """apt-get update + install `packages` quietly (root only; a no-op otherwise or when empty).
+    policy-rc.d in containers stops a package from starting its system service (sshd): we never use it."""
+    if not packages or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]):
+        subprocess.run(cmd, env=env, check=False, timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def ensure_tools(timeout: float = 600) -> list[str]:
     """Install what is missing with apt-get (root only). Returns what is still missing."""
-    missing = missing_tools()
-    if not missing or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return missing
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, timeout=timeout,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # policy-rc.d in containers stops the package from starting the system sshd; either way we
-    # never use it.
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-                   env=env, check=False, timeout=timeout,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    apt_install(missing_tools(), timeout)
     return missing_tools()
 
 

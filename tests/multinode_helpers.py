@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Iterable
@@ -37,19 +36,7 @@ def missing_tools() -> list[str]:
 def ensure_tools(timeout: float = 600) -> list[str]:
     """cluster_sshd's packages, then pdsh, with apt-get (root only). Returns what is still missing."""
     cluster_sshd.ensure_tools(timeout=timeout)
-    missing = missing_tools()
-    if not missing or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return missing
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    r = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-                       env=env, check=False, timeout=timeout,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if r.returncode != 0:  # stale package lists
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, timeout=timeout,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-                       env=env, check=False, timeout=timeout,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cluster_sshd.apt_install(missing_tools(), timeout)
     return missing_tools()
 
 
