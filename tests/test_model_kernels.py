@@ -64,7 +64,14 @@ def tiny_cfg(**kw) -> ModelConfig:
     return ModelConfig(**base)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread. Defined here, not taken from conftest.py, because
+    benchmarks/gpu_check.sh and the fresh-process test below run this file with --noconftest."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _twin_models(dfm_cfg, device: str = DEV, dtype: torch.dtype = torch.float32, **kw):
@@ -269,6 +276,7 @@ def test_model_imports_and_runs_with_only_torch() -> None:
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU smoke test; on a GPU benchmarks/gpu_check.sh runs bench_step itself")
 def test_bench_step_quick_runs_on_cpu() -> None:
     """The GPU check's training-step section runs end to end (tiny model; Triton rows when possible)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -295,21 +303,24 @@ def gpu_test(fn):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_gpu_triton_model_matches_torch(dtype: torch.dtype) -> None:
     # A wider model (D = 384, Dh = 64) over 5 x 16 x 16 = 1280 tokens: several programs per sample.
+    # Judged against a float64 run of the torch path: the Triton path must be as accurate as the
+    # torch path at the same dtype. (Comparing the two low-precision paths directly fails on
+    # tensors whose entries are sums over ~8k tokens that cancel, e.g. the QK-norm gains: measured
+    # on an H200, 0.20 relative difference in bf16 between two paths that are both that far from
+    # float64.)
     kw = dict(hidden_size=384, num_heads=6, depth=2, patch_size=(1, 2, 2))
     ref, tri = _twin_models(SPATIAL, device="cuda", dtype=dtype, **kw)
+    ref64, _ = _twin_models(SPATIAL, device="cuda", dtype=torch.float64, **kw)
     levels, t, active, y = _inputs(SPATIAL, (5, 32, 32), device="cuda", dtype=dtype)
+    exact_out, exact_grads = _run(ref64, [lv.double() for lv in levels], t, active, y)
     want_out, want_grads = _run(ref, levels, t, active, y)
     got_out, got_grads = _run(tri, levels, t, active, y)
-    pairs = [(f"output {s}", g, w) for s, (g, w) in enumerate(zip(got_out, want_out))]
-    pairs += [(f"d{n}", got_grads[n], w) for n, w in want_grads.items()]
-    for what, g, w in pairs:
-        if dtype == torch.float32:
-            # the FP32 rule above with more room for the longer token sums (CPU measured 1.5e-6 of
-            # the largest entry at 48 tokens; not measured on a GPU yet)
-            atol = FP32_ATOL + 1e-5 * w.abs().max().item()
-            torch.testing.assert_close(g, w, rtol=1e-4, atol=atol, msg=lambda m, what=what: f"{what}: {m}")
-        else:
-            # bf16: the paths round at different points (the references round intermediate
-            # gradients to bf16, the kernels keep them in fp32), so compare norms, not elements
-            err = (g.float() - w.float()).norm() / w.float().norm().clamp_min(1e-12)
-            assert err < 2e-2, (what, err.item())
+    rows = [(f"output {s}", got_out[s], want_out[s], exact_out[s]) for s in range(len(exact_out))]
+    rows += [(f"d{n}", got_grads[n], want_grads[n], x) for n, x in exact_grads.items()]
+    # fp32: both paths differ from float64 only by reduction order; bf16: by where they round
+    floor = 1e-5 if dtype == torch.float32 else 1e-2
+    for what, got, want, exact in rows:
+        scale = exact.norm().clamp_min(1e-30)
+        err_triton = ((got.double() - exact).norm() / scale).item()
+        err_torch = ((want.double() - exact).norm() / scale).item()
+        assert err_triton <= 1.5 * err_torch + floor, (what, err_triton, err_torch)
