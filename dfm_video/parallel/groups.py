@@ -55,6 +55,11 @@ class SequenceParallelGroups:
     def get_sequence_data_parallel_rank(self) -> int:
         return self.dp_rank * self.size + self.rank
 
+    @property
+    def mpu(self) -> SequenceParallelGroups | None:
+        """What `deepspeed.initialize(mpu=...)` gets: these groups when N > 1, else None."""
+        return self if self.size > 1 else None
+
     get_model_parallel_group = get_sequence_parallel_group
     get_model_parallel_world_size = get_sequence_parallel_world_size
     get_model_parallel_rank = get_sequence_parallel_rank
