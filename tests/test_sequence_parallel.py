@@ -16,6 +16,7 @@ from dfm_video.config import load_config
 from dfm_video.dfm import level_shapes
 from dfm_video.models.patch import stage_patch_sizes, token_grid
 from dfm_video.parallel import check_sequence_parallel
+from dfm_video.parallel.setup import sequence_parallel_ds_config
 from train_helpers import BIN, ROOT, cpu_env, deepspeed_cmd, free_port, read_metrics, run
 
 # -- validation (no process group) ---------------------------------------------------------------
@@ -44,6 +45,16 @@ def test_bad_layouts_name_the_values(overrides, world, shape, expected):
     with pytest.raises(ValueError) as e:
         check_sequence_parallel(_cfg(*overrides), world, shape)
     assert expected in str(e.value) and "distributed.sequence_parallel" in str(e.value)
+
+
+def test_zero3_uses_the_sequence_aware_gradient_reduction():
+    ds = {"train_batch_size": 4, "zero_optimization": {"stage": 3, "contiguous_gradients": True}}
+    assert sequence_parallel_ds_config(ds, 1) is ds
+    got = sequence_parallel_ds_config(ds, 2)
+    assert got["zero_optimization"] == {"stage": 3, "contiguous_gradients": True, "reduce_scatter": False}
+    assert "reduce_scatter" not in ds["zero_optimization"]  # a copy
+    z2 = {"zero_optimization": {"stage": 2}}
+    assert sequence_parallel_ds_config(z2, 2) == z2
 
 
 def test_sequence_parallel_below_one_is_a_config_error():
@@ -94,12 +105,13 @@ def _train(shards, out, nproc: int, *extra: str, args=()):
 
 @pytest.fixture(scope="module")
 def sp_runs(tiny_shards, tmp_path_factory):
-    """5 ZeRO-2 fp32 steps: unsplit on 1 and 2 ranks, and N=2 on 2 ranks (one group) and 4 (two)."""
-    layouts = {"w1": (1, 1), "w2": (2, 1), "w2-sp2": (2, 2), "w4-sp2": (4, 2)}
+    """5 fp32 steps: unsplit on 1 and 2 ranks (ZeRO-2), N=2 on 2 ranks (one group, ZeRO-2) and on 4
+    ranks (two groups, ZeRO-3: its gradient reduction needs sequence_parallel_ds_config)."""
+    layouts = {"w1": (1, 1, 2), "w2": (2, 1, 2), "w2-sp2": (2, 2, 2), "w4-sp2": (4, 2, 3)}
     runs = {}
-    for name, (nproc, n) in layouts.items():
+    for name, (nproc, n, zero) in layouts.items():
         out = tmp_path_factory.mktemp(name)
-        r = _train(tiny_shards, out, nproc, f"distributed.sequence_parallel={n}")
+        r = _train(tiny_shards, out, nproc, f"distributed.sequence_parallel={n}", f"distributed.zero_stage={zero}")
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         runs[name] = (out, r.stdout)
     return runs
@@ -121,7 +133,7 @@ def test_sequence_parallel_training_equals_the_unsplit_run(sp_runs, split, ref, 
     a, b = load_file(str(out / "export" / "model.safetensors")), load_file(str(ref_out / "export" / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), k
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ noise (with N = 1 they are the global rank and world size, so nothing changes).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from dfm_video.parallel.groups import SequenceParallelGroups, build_sequence_parallel_groups
 from dfm_video.parallel.validate import check_sequence_parallel
@@ -39,3 +39,19 @@ def setup_parallel(cfg: Config, model: DiT3D) -> SequenceParallelGroups:
                 flush=True,
             )
     return groups
+
+
+def sequence_parallel_ds_config(ds_config: dict[str, Any], n: int) -> dict[str, Any]:
+    """The DeepSpeed JSON adjusted for N > 1 (a copy; N = 1 returns it unchanged).
+
+    ZeRO-3 in DeepSpeed 0.19.8 has two gradient paths: the default reduce-scatter one averages over
+    all ranks and ignores the sequence-parallel size (gradients come out N times too small: measured,
+    grad norm halved at N = 2), while the contiguous all-reduce path divides by world / N like
+    ZeRO-1/2. `reduce_scatter: false` selects the latter.
+    """
+    if n == 1:
+        return ds_config
+    zero = dict(ds_config.get("zero_optimization", {}))
+    if zero.get("stage") == 3:
+        zero["reduce_scatter"] = False
+    return {**ds_config, "zero_optimization": zero}

@@ -25,7 +25,7 @@ from dfm_video.models import build_model
 from dfm_video.models.flops import training_flops
 from dfm_video.models.patch import stage_patch_sizes, token_grid
 from dfm_video.parallel.groups import data_parallel_layout
-from dfm_video.parallel.setup import setup_parallel, validate_parallel
+from dfm_video.parallel.setup import sequence_parallel_ds_config, setup_parallel, validate_parallel
 from dfm_video.train.checkpoint import latest_tag, load_checkpoint, save_checkpoint
 from dfm_video.train.ds_config import build_deepspeed_config, gradient_accumulation_steps
 from dfm_video.train.ema import EMA
@@ -85,7 +85,9 @@ def train(
         model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg.optim, cfg.train.steps))
-    engine, scheduler = create_engine(model, optimizer, scheduler, build_deepspeed_config(cfg, dp_size), mpu=groups.mpu)
+    engine, scheduler = create_engine(
+        model, optimizer, scheduler, sequence_parallel_ds_config(build_deepspeed_config(cfg, dp_size), sp), mpu=groups.mpu
+    )
     ema = EMA(engine.module, cfg.train.ema_decay)
     model_dtype = torch.bfloat16 if cfg.distributed.precision == "bf16" else torch.float32
 
