@@ -146,3 +146,11 @@ def test_a_sequence_parallel_checkpoint_resumes_without_it(sp_runs, tiny_shards,
     assert "resumed from" in r.stdout and "at step 5" in r.stdout and "sequence parallel" not in r.stdout
     m = read_metrics(out)
     assert sorted(m) == [6] and math.isfinite(m[6]["loss/total"]) and math.isfinite(m[6]["grad_norm"])
+
+
+@pytest.mark.slow
+def test_a_bad_split_fails_before_any_process_group(tiny_shards, tmp_path):
+    r = _train(tiny_shards, tmp_path / "x", 1, "distributed.sequence_parallel=2")
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "distributed.sequence_parallel=2 must divide the world size 1" in r.stderr
+    assert "init_distributed" not in r.stdout + r.stderr and not (tmp_path / "x").exists()
