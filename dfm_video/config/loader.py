@@ -166,6 +166,8 @@ def validate(cfg: Config, source: str = "<config>") -> None:
         fail("distributed.zero_stage", f"expected 0, 1, 2 or 3, got {z.zero_stage}")
     if z.micro_batch_size < 1 or z.global_batch_size < 1:
         fail("distributed.micro_batch_size", "batch sizes must be positive")
+    if z.sequence_parallel < 1:
+        fail("distributed.sequence_parallel", f"expected >= 1, got {z.sequence_parallel}")
     o = cfg.optim
     if o.lr <= 0:
         fail("optim.lr", f"expected > 0, got {o.lr}")

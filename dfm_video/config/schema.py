@@ -129,6 +129,9 @@ class DistributedConfig:
     """Keep optimizer states in CPU memory (ZeRO >= 1)."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """Process-group backend; auto = nccl on CUDA, gloo on CPU."""
+    sequence_parallel: int = 1
+    """Ranks that share one batch and split its tokens (DeepSpeed-Ulysses); must divide the world
+    size, the attention heads and the tokens per sample. Data parallelism runs across the groups."""
 
 
 @dataclass

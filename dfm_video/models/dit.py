@@ -73,6 +73,10 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.q_norm = nn.Parameter(torch.ones(self.head_dim)) if qk_norm else None
         self.k_norm = nn.Parameter(torch.ones(self.head_dim)) if qk_norm else None
+        # The attention core (q, k, v (B, Hd, N, Dh), backend) -> (B, Hd, N, Dh). A seam for
+        # parallelism applied from outside the model: dfm_video/parallel swaps in a sequence-parallel
+        # core (all-to-all around the same `attention`) without this file knowing about processes.
+        self.core_attention = attention
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, backend: str, kernel_backend: str) -> Tensor:
         """x (B, N, D), cos/sin (N, Dh/2); `backend` the attention, `kernel_backend` the RoPE one."""
@@ -81,7 +85,7 @@ class SelfAttention(nn.Module):
         if self.q_norm is not None:
             q, k = rms_norm(q, self.q_norm), rms_norm(k, self.k_norm)
         q, k = apply_rope(q, k, cos, sin, kernel_backend)  # (B, Hd, N, Dh), one launch for both
-        out = attention(q, k, v, backend)  # (B, Hd, N, Dh)
+        out = self.core_attention(q, k, v, backend)  # (B, Hd, N, Dh)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 

@@ -49,8 +49,13 @@ def init_distributed(backend: str = "auto") -> DistInfo:
     return DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local_rank, device)
 
 
-def create_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ds_config: dict) -> tuple[Any, Any]:
-    """Wrap model + client optimizer + scheduler; returns (engine, scheduler as DeepSpeed holds it)."""
+def create_engine(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ds_config: dict, mpu: Any = None
+) -> tuple[Any, Any]:
+    """Wrap model + client optimizer + scheduler; returns (engine, scheduler as DeepSpeed holds it).
+
+    `mpu`: the sequence-parallel groups (dfm_video.parallel.groups) or None.
+    """
     deepspeed = import_deepspeed()
-    engine, _, _, sched = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    engine, _, _, sched = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, mpu=mpu)
     return engine, sched

@@ -24,6 +24,8 @@ from dfm_video.dfm import TimestepParams, dfm_objective
 from dfm_video.models import build_model
 from dfm_video.models.flops import training_flops
 from dfm_video.models.patch import stage_patch_sizes, token_grid
+from dfm_video.parallel.groups import data_parallel_layout
+from dfm_video.parallel.setup import sequence_parallel_ds_config, setup_parallel, validate_parallel
 from dfm_video.train.checkpoint import latest_tag, load_checkpoint, save_checkpoint
 from dfm_video.train.ds_config import build_deepspeed_config, gradient_accumulation_steps
 from dfm_video.train.ema import EMA
@@ -63,22 +65,29 @@ def train(
     """Run training to cfg.train.steps; returns the export directory. `fail_at_step` / `fail_times`
     are a test hook: the first `fail_times` losses computed for that step are made NaN."""
     data = open_training_data(cfg, config_source)  # validates shards vs config before any process group
+    sp = validate_parallel(cfg, data.latent_shape)  # sequence parallel N vs heads, world, tokens
     info = init_distributed(cfg.distributed.backend)
     rank, world, device = info.rank, info.world_size, info.device
+    # Data parallelism runs across sequence-parallel groups: batches, seeds and batch arithmetic
+    # use the group index (dp_rank) and count (dp_size); with N = 1 they are rank and world.
+    dp_rank, dp_size = data_parallel_layout(rank, world, sp)
     out_dir = Path(cfg.train.output_dir)
     ckpt_root = out_dir / "checkpoints"
-    accum = gradient_accumulation_steps(cfg, world)
+    accum = gradient_accumulation_steps(cfg, dp_size)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = build_model(cfg.model, cfg.dfm)
+    groups = setup_parallel(cfg, model)  # N > 1: hooks the model to process 1/N of the tokens
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg.optim, cfg.train.steps))
-    engine, scheduler = create_engine(model, optimizer, scheduler, build_deepspeed_config(cfg, world))
+    engine, scheduler = create_engine(
+        model, optimizer, scheduler, sequence_parallel_ds_config(build_deepspeed_config(cfg, dp_size), sp), mpu=groups.mpu
+    )
     ema = EMA(engine.module, cfg.train.ema_decay)
     model_dtype = torch.bfloat16 if cfg.distributed.precision == "bf16" else torch.float32
 
@@ -97,7 +106,7 @@ def train(
             print(f"resumed from {ckpt_root / tag} at step {step}", flush=True)
     ckpt_root = out_dir / "checkpoints"
 
-    batches = data.batches(rank=rank, world_size=world, start=consumed, device=device)
+    batches = data.batches(rank=dp_rank, world_size=dp_size, start=consumed, device=device)
     params = TimestepParams.from_config(cfg.dfm)
     metrics = MetricAccumulator(cfg.dfm.num_stages, device)
     writer = MetricWriter(str(out_dir / "tensorboard") if cfg.train.tensorboard else None, rank, str(out_dir / "metrics.jsonl"))
@@ -105,7 +114,7 @@ def train(
     tokens_per_sample = math.prod(
         token_grid(data.latent_shape, stage_patch_sizes(cfg.model.patch_size, cfg.dfm.factors)[-1], cfg.dfm.temporal_mode)
     )
-    micro_per_step = world * cfg.distributed.micro_batch_size
+    micro_per_step = dp_size * cfg.distributed.micro_batch_size
 
     def velocity(x, t, active, y):
         return engine([v.to(model_dtype) for v in x], t, active, y)
@@ -120,7 +129,7 @@ def train(
             wait = time.perf_counter() - t0
             micro_index = consumed // micro_per_step
             consumed += micro_per_step
-            gen = _micro_generator(cfg.train.seed, micro_index, rank, device)
+            gen = _micro_generator(cfg.train.seed, micro_index, dp_rank, device)
             out = dfm_objective(
                 velocity, levels, labels, params, class_dropout=cfg.model.class_dropout, null_class=engine.module.null_class, generator=gen
             )
@@ -142,7 +151,7 @@ def train(
             nonfinite_run = 0
             engine.backward(loss)
             engine.step()
-            metrics.add(loss, out.per_stage, out.active_count, cfg.distributed.micro_batch_size, wait)
+            metrics.add(loss, out.per_stage, out.active_count, cfg.distributed.micro_batch_size / sp, wait)
             done += 1
         step += 1
         ema.update()
