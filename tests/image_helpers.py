@@ -56,13 +56,6 @@ def save_flux_style_vae(folder: Path) -> Path:
     return folder
 
 
-def preprocess(config: str, overrides: list[str]) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "data_pipeline.preprocess", "--config", config]
-    for o in overrides:
-        cmd += ["--set", o]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=cpu_env())
-
-
 # configs/preprocess/imagenet512.yaml scaled down to this 2-core machine
 SMALL_MACHINE = ["preprocess.labels_file=", "preprocess.autoencoder_dtype=float32", "preprocess.samples_per_shard=4",
                  "preprocess.batch_size=4", "preprocess.decode_cpus=0.5", "preprocess.encode_actors=1",
@@ -71,16 +64,34 @@ SMALL_MACHINE = ["preprocess.labels_file=", "preprocess.autoencoder_dtype=float3
 
 
 def make_image_shards(out: Path) -> dict[str, Path]:
-    """Photos -> the real Ray pipeline (T = 1) twice: FLUX-style KL (16 ch) and pixel codec (48 ch, mixes with tiny_shards)."""
+    """Photos -> the real Ray pipeline (T = 1) with configs/preprocess/imagenet512.yaml, twice in one Ray
+    session (a subprocess): the FLUX-style KL codec (16 ch) and the pixel codec (48 ch: mixes with tiny_shards)."""
     photos = make_photo_folder(out / "photos")
     vae = save_flux_style_vae(out / "flux-vae")
     paths = {"photos": photos, "vae": vae, "kl": out / "shards-kl", "pixel": out / "shards-pixel"}
-    common = [f"preprocess.input_dir={photos}", "preprocess.resolution=[32,32]", *SMALL_MACHINE]
-    runs = {
-        "kl": [f"preprocess.output_dir={paths['kl']}", f"preprocess.autoencoder_path={vae}"],
-        "pixel": [f"preprocess.output_dir={paths['pixel']}", "preprocess.autoencoder=pixel", "preprocess.pixel_patch=[1,4,4]"],
-    }
-    for name, extra in runs.items():
-        r = preprocess("configs/preprocess/imagenet512.yaml", common + extra)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(out)], cwd=ROOT, capture_output=True, text=True, env=cpu_env())
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return paths
+
+
+def _preprocess_both(out: Path) -> None:
+    import ray
+
+    from data_pipeline.preprocess import run
+    from dfm_video.config import load_config
+
+    common = [f"preprocess.input_dir={out / 'photos'}", "preprocess.resolution=[32,32]", *SMALL_MACHINE]
+    runs = [
+        [f"preprocess.output_dir={out / 'shards-kl'}", f"preprocess.autoencoder_path={out / 'flux-vae'}"],
+        [f"preprocess.output_dir={out / 'shards-pixel'}", "preprocess.autoencoder=pixel", "preprocess.pixel_patch=[1,4,4]"],
+    ]
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        for extra in runs:
+            print(run(load_config(ROOT / "configs" / "preprocess" / "imagenet512.yaml", common + extra)).line(), flush=True)
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    _preprocess_both(Path(sys.argv[1]))
