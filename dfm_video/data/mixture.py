@@ -13,8 +13,9 @@ drawn from one bucket, so it has one shape, and DeepSpeed sees the fixed
 Schedule. The weights are normalised and rounded to integer shares a_d of a period P = sum a_d
 (resolution 1/1000, reduced by their gcd: 0.7 / 0.3 -> 7 / 3, P = 10). Global micro-batch slot j
 (micro-step s on rank r of W: j = s*W + r) goes to bucket `schedule[j % P]`, a smooth weighted
-round robin: in any run of n consecutive slots bucket d gets n*a_d/P micro-batches within one,
-so the mix holds within every optimizer step across the ranks and exactly over every period.
+round robin: after n slots bucket d has had n*a_d/P micro-batches to within one, so every optimizer
+step holds the mix across the ranks to within two micro-batches per bucket (within one for the
+mixes in tests/test_images_mixture.py), and every period holds it exactly.
 
 Order and resume. Bucket d's k-th micro-batch (counted over all ranks) is slice [k*M, (k+1)*M) of
 its epoch permutation, drawn from (train.seed, d, epoch); an epoch's tail shorter than M is
