@@ -213,3 +213,30 @@ def test_mix_bad_inputs_name_the_datasets_and_values(tiny_shards, image_shards) 
         load_config("tiny.yaml", ["data.mix=[{shards: /x, weight: 1}]"])
     with pytest.raises(ValueError, match=r"data.mix\[0\].weight': expected > 0, got -1"):
         load_config("tiny.yaml", ["data.shards=", "data.mix=[{shards: /x, weight: -1}]"])
+
+
+# ----------------------------------------------------------------------------- evaluation inputs
+
+
+def test_evaluation_reads_images_as_one_frame_videos_and_only_the_listed_samples(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from dfm_video.eval.videos import list_videos, read_video
+
+    rng = np.random.default_rng(0)
+    pixels = {name: rng.integers(0, 256, (12, 20, 3), dtype=np.uint8) for name in ("a.png", "b.png", "contact_sheet.png")}
+    for name, arr in pixels.items():
+        Image.fromarray(arr).save(tmp_path / name)
+    Image.open(skimage_data_dir() / "rocket.jpg").save(tmp_path / "c.jpg")
+    assert [p.name for p in list_videos(tmp_path)] == ["a.png", "b.png", "c.jpg", "contact_sheet.png"]
+    frames = read_video(tmp_path / "a.png", 1)
+    assert frames.shape == (1, 12, 20, 3) and torch.equal(frames[0], torch.from_numpy(pixels["a.png"]))  # PNG is lossless
+    assert read_video(tmp_path / "c.jpg", 1).shape == (1, 427, 640, 3)
+    with pytest.raises(ValueError, match="has 1 frames but 2 are needed"):
+        read_video(tmp_path / "a.png", 2)
+    # a dfm_video.sample output folder: its samples.json names the samples (not the contact sheet)
+    (tmp_path / "samples.json").write_text(json.dumps({"samples": ["out/b.png", "out/a.png"], "contact_sheet": "out/contact_sheet.png"}))
+    assert [p.name for p in list_videos(tmp_path)] == ["a.png", "b.png"]
