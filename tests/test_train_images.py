@@ -118,7 +118,10 @@ def test_one_mixed_model_samples_videos_and_images(mix_run, tmp_path: Path, caps
 
 
 def test_mismatched_latent_channels_fail_before_any_process_group(tiny_shards, image_shards, tmp_path: Path) -> None:
-    r = run(deepspeed_cmd(_mix_overrides(tiny_shards, image_shards["kl"], tmp_path / "x"), nproc=1))
-    assert r.returncode == 2
-    assert "different latent channels" in r.stderr and "48 channels" in r.stderr and "16 channels" in r.stderr
-    assert "init_distributed" not in r.stdout + r.stderr and not (tmp_path / "x").exists()
+    # No launcher at all: starting a process group here would fail with "must be started by a launcher".
+    args = [a for o in _mix_overrides(tiny_shards, image_shards["kl"], tmp_path / "x") for a in ("--set", o)]
+    r = _cli("dfm_video.train", "--config", "tiny.yaml", *args)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "different latent channels" in r.stderr and "'shards' (" in r.stderr and "48 channels" in r.stderr
+    assert "'shards-kl' (" in r.stderr and "16 channels" in r.stderr
+    assert "launcher" not in r.stderr and not (tmp_path / "x").exists()
