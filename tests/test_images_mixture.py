@@ -3,8 +3,6 @@ follows the data, the mixing schedule and sampler, and the bad inputs of a mix (
 
 from __future__ import annotations
 
-import copy
-import math
 from collections import Counter
 from pathlib import Path
 
@@ -19,8 +17,6 @@ from dfm_video.data.mixture import MixSchedule, MixtureBatchSampler, integer_sha
 from dfm_video.models import build_model
 from dfm_video.models.patch import stage_patch_sizes, token_grid
 from image_helpers import FLUX_SCALE, FLUX_SHIFT, skimage_data_dir
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- configs

@@ -15,7 +15,9 @@ Schedule. The weights are normalised and rounded to integer shares a_d of a peri
 (micro-step s on rank r of W: j = s*W + r) goes to bucket `schedule[j % P]`, a smooth weighted
 round robin: after n slots bucket d has had n*a_d/P micro-batches to within one, so every optimizer
 step holds the mix across the ranks to within two micro-batches per bucket (within one for the
-mixes in tests/test_images_mixture.py), and every period holds it exactly.
+mixes in tests/test_images_mixture.py), and every period holds it exactly. Ranks may get buckets
+of different cost in one micro-step (an image beside a video): the faster one waits at the
+gradient reduction; the mix counts micro-batches, not tokens.
 
 Order and resume. Bucket d's k-th micro-batch (counted over all ranks) is slice [k*M, (k+1)*M) of
 its epoch permutation, drawn from (train.seed, d, epoch); an epoch's tail shorter than M is
