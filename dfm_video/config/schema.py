@@ -73,8 +73,19 @@ class DFMConfig:
     """Logit-normal location of t for stages earlier than Q (biased towards clean)."""
     earlier_scale: float = 1.0
     """Logit-normal scale of t for stages earlier than Q."""
-    standardize: bool = True
-    """Scale each level to unit std with dataset statistics (paper: on for video, off for images)."""
+    standardize: Optional[bool] = None
+    """Scale each level to unit std with dataset statistics. None (default) follows the data, as the
+    paper does: on for video, off for image (T = 1) datasets; the trainer logs the choice."""
+
+
+@dataclass
+class MixSource:
+    """One dataset of `data.mix`."""
+
+    shards: str = ""
+    """Directory of shards written by `data_pipeline.preprocess`."""
+    weight: float = 1.0
+    """Share of the micro-batches drawn from this dataset (weights are normalised over the mix)."""
 
 
 @dataclass
@@ -89,6 +100,9 @@ class DataConfig:
     """Shuffle samples each epoch (deterministically from train.seed and the epoch)."""
     drop_incompatible: bool = False
     """Skip (and count) samples whose latent shape differs from the majority bucket instead of failing."""
+    mix: list[MixSource] = field(default_factory=list)
+    """Several datasets trained together (e.g. videos and images), instead of `shards`; each micro-batch
+    comes from one of them, in proportion to the weights (`dfm_video.data.mixture`)."""
 
 
 @dataclass

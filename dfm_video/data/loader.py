@@ -142,6 +142,15 @@ class TrainingData:
         return load_config(path).preprocess.fps if path.is_file() else 8.0
 
 
+def resolve_standardize(requested: Optional[bool], frames: int, root: Path) -> bool:
+    """`dfm.standardize` for a dataset of `frames` latent frames: an explicit value wins, None follows
+    the paper (on for video, off for images); the choice is logged either way."""
+    value = requested if requested is not None else frames > 1
+    why = "set in the config" if requested is not None else f"default for {'video' if frames > 1 else 'image (T = 1)'} data"
+    print(f"data: dfm.standardize={str(value).lower()} for {root} ({why})", flush=True)
+    return value
+
+
 def open_training_data(cfg: Config, source: str = "config") -> TrainingData:
     """Open cfg.data.shards and check it against cfg; every mismatch is a ValueError naming both sides."""
     root = Path(cfg.data.shards)
@@ -182,6 +191,13 @@ def open_training_data(cfg: Config, source: str = "config") -> TrainingData:
     if len(info.labels) > cfg.model.num_classes:
         raise ValueError(f"{source}: model.num_classes={cfg.model.num_classes} but {root} has {len(info.labels)} labels")
     finest = tuple(stored[-1][1:])
+    if finest[0] == 1 and any(f[0] != 1 for f in cfg.dfm.factors):
+        raise ValueError(
+            f"{source}: {root} holds images (latent T = 1) but dfm.factors={[list(f) for f in cfg.dfm.factors]} has a "
+            "temporal factor; images have no time axis to decompose: use ft = 1 (e.g. [[1, 2, 2]]), or train them "
+            "beside videos with data.mix, which skips temporal factors for T = 1 datasets"
+        )
+    cfg.dfm.standardize = resolve_standardize(cfg.dfm.standardize, finest[0], root)  # the saved config says what ran
     same = [list(f) for f in info.factors] == [list(f) for f in cfg.dfm.factors] and info.temporal_mode == cfg.dfm.temporal_mode
     if not same:
         try:

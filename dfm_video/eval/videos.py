@@ -9,6 +9,7 @@ Each clip is its first `num_frames` frames; a shorter video is an error, never p
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from torch import Tensor
 from dfm_video.data import schema
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi")
+# Images are one-frame videos (T = 1), read by the same decoder: FID / FDD of image models.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+SAMPLES_FILE = "samples.json"  # written by dfm_video.sample: its samples, not the contact sheet or previews
 
 
 def is_shard_dataset(path: Path) -> bool:
@@ -74,11 +78,15 @@ def _check_dir(path: Path) -> None:
 
 
 def list_videos(path: str | Path) -> list[Path]:
-    """Video files under `path` (recursive), sorted by relative path; ValueError if none."""
+    """Video (or image) files under `path` (recursive), sorted by relative path; ValueError if none.
+    A folder written by dfm_video.sample gives the samples its samples.json lists."""
     root = Path(path).expanduser()
     _check_dir(root)
+    if (root / SAMPLES_FILE).is_file():
+        return sorted((root / Path(p).name for p in json.loads((root / SAMPLES_FILE).read_text())["samples"]),
+                      key=lambda p: p.name)
     files = sorted(
-        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS),
+        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS),
         key=lambda p: p.relative_to(root).as_posix(),
     )
     if not files:

@@ -284,6 +284,6 @@ class DiT3D(nn.Module):
                 x = block(x, c, cos, sin, backend, kbackend)
 
         return [
-            unpatchify(head(x, c, kbackend), grid, patch, self.in_channels, self.temporal_mode)
-            for head, patch in zip(self.final_layers, self.patches)
+            unpatchify(head(x, c, kbackend), grid, patch, self.in_channels, self.temporal_mode, lvl.shape[2])
+            for head, patch, lvl in zip(self.final_layers, self.patches, levels)
         ]

@@ -9,7 +9,9 @@ Odd T (causal VAEs, `temporal_mode="causal"`): a stage with temporal patch pt > 
 T = 1 + pt*k frames. Like CogVideoX, frame 0 is replicate-padded at the front with pt - 1 copies,
 giving (T + pt - 1) / pt temporal tokens: token 0 holds frame 0 alone, token j frames
 pt*(j-1)+1 .. pt*j, exactly the frames the causal pyramid averages into coarse frame j.
-Unpatchify drops the pt - 1 leading output frames again. In `uniform` mode T must divide by pt.
+Unpatchify drops the pt - 1 leading output frames again. In `uniform` mode T must divide by pt,
+except T = 1 (an image in a model that also sees videos): a single frame is one temporal token in
+either mode, padded the same way, so one model takes image and video batches.
 Shape legend: B batch, C channels, T H W frames/height/width, N = Tg*Hg*Wg tokens.
 """
 
@@ -48,11 +50,15 @@ def stage_patch_sizes(base_patch: Sequence[int], factors: Sequence[Sequence[int]
     return patches
 
 
+def _pads_first_frame(T: int, temporal_mode: str) -> bool:
+    return temporal_mode == "causal" or T == 1
+
+
 def token_grid(shape: Sequence[int], patch: Sequence[int], temporal_mode: str = "causal") -> tuple[int, int, int]:
     """Token grid (Tg, Hg, Wg) of a level of shape (T, H, W) under `patch` (see module docstring)."""
     T, H, W = (int(v) for v in shape)
     pt, ph, pw = patch
-    if pt > 1 and temporal_mode == "causal":
+    if pt > 1 and _pads_first_frame(T, temporal_mode):
         if (T - 1) % pt:
             raise ValueError(f"T={T} with temporal patch {pt} in causal mode needs T = 1 + {pt}k")
         Tg = (T + pt - 1) // pt
@@ -70,7 +76,7 @@ def patchify(x: Tensor, patch: Sequence[int], temporal_mode: str = "causal") -> 
     """(B, C, T, H, W) -> (B, N, C*pt*ph*pw) tokens in (t, h, w) row-major order."""
     pt, ph, pw = patch
     Tg, Hg, Wg = token_grid(x.shape[2:], patch, temporal_mode)  # validates
-    if pt > 1 and temporal_mode == "causal":
+    if pt > 1 and _pads_first_frame(x.shape[2], temporal_mode):
         x = torch.cat([x[:, :, :1].expand(-1, -1, pt - 1, -1, -1), x], dim=2)
     B, C = x.shape[:2]
     # b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw); plain torch so the GPU image needs no einops
@@ -79,15 +85,19 @@ def patchify(x: Tensor, patch: Sequence[int], temporal_mode: str = "causal") -> 
 
 
 def unpatchify(
-    tokens: Tensor, grid: Sequence[int], patch: Sequence[int], channels: int, temporal_mode: str = "causal"
+    tokens: Tensor, grid: Sequence[int], patch: Sequence[int], channels: int, temporal_mode: str = "causal",
+    frames: int | None = None,
 ) -> Tensor:
-    """(B, N, C*pt*ph*pw) -> (B, C, T, H, W); inverse of `patchify` (drops causal padding frames)."""
+    """(B, N, C*pt*ph*pw) -> (B, C, T, H, W); inverse of `patchify` (drops causal padding frames).
+
+    `frames`: T of the level that was patchified; needed only to tell a uniform-mode image (T = 1,
+    padded) from a uniform-mode clip of pt frames, which give the same grid."""
     pt, ph, pw = patch
     Tg, Hg, Wg = grid
     B = tokens.shape[0]
     # b (t h w) (c pt ph pw) -> b c (t pt) (h ph) (w pw)
     x = tokens.reshape(B, Tg, Hg, Wg, channels, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)
     x = x.reshape(B, channels, Tg * pt, Hg * ph, Wg * pw)
-    if pt > 1 and temporal_mode == "causal":
+    if pt > 1 and (temporal_mode == "causal" or (frames == 1 and Tg == 1)):
         x = x[:, :, pt - 1 :]
     return x

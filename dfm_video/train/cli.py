@@ -26,7 +26,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         path = resolve_config_path(args.config)
         cfg = load_config(path, args.overrides)
-        require(cfg, "data.shards", source=str(path))
+        if not cfg.data.mix:  # a mix names its datasets itself
+            require(cfg, "data.shards", source=str(path))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from dfm_video.config import Config, config_to_dict, save_config
-from dfm_video.data.loader import open_training_data
+from dfm_video.data.mixture import latent_shapes, open_data
 from dfm_video.dfm import TimestepParams, dfm_objective
 from dfm_video.models import build_model
 from dfm_video.models.flops import training_flops
@@ -64,8 +64,9 @@ def train(
 ) -> Path:
     """Run training to cfg.train.steps; returns the export directory. `fail_at_step` / `fail_times`
     are a test hook: the first `fail_times` losses computed for that step are made NaN."""
-    data = open_training_data(cfg, config_source)  # validates shards vs config before any process group
-    sp = validate_parallel(cfg, data.latent_shape)  # sequence parallel N vs heads, world, tokens
+    data = open_data(cfg, config_source)  # validates shards vs config before any process group
+    for shape in latent_shapes(data):  # sequence parallel N vs heads, world, tokens of every dataset
+        sp = validate_parallel(cfg, shape)
     info = init_distributed(cfg.distributed.backend)
     rank, world, device = info.rank, info.world_size, info.device
     # Data parallelism runs across sequence-parallel groups: batches, seeds and batch arithmetic
