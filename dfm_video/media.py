@@ -27,8 +27,9 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     t, h, w, _ = frames.shape
-    tmp = path.with_name(path.name + ".tmp.mp4")
-    with av.open(str(tmp), mode="w") as out:
+    # the temp name ends in .partial so no video lister ever picks up a half-written file
+    tmp = path.with_name(path.name + ".partial")
+    with av.open(str(tmp), mode="w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
@@ -43,10 +44,12 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float) -> Path:
 
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
-    """Write one (H, W, 3) uint8 image."""
+    """Write one (H, W, 3) uint8 image atomically (a temp file renamed into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
+    tmp = path.with_name(path.name + ".partial")
+    Image.fromarray(image).save(tmp, format="PNG")
+    tmp.replace(path)
     return path
 
 
