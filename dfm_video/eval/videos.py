@@ -175,8 +175,9 @@ def read_video(path: str | Path, num_frames: int, fps: Optional[float] = None,
                 if src < fps * (1 - 1e-3):
                     raise ValueError(f"{path}: stream is {src:.3f} fps, below the requested {fps} fps (--fps)")
                 wanted = sample_indices(src, num_frames, fps)
-            keep, got = set(wanted), {}
+            keep, got, count = set(wanted), {}, 0
             for i, frame in enumerate(container.decode(stream)):
+                count = i + 1
                 if i in keep:
                     got[i] = frame.to_ndarray(format="rgb24")
                 if i >= wanted[-1]:
@@ -184,9 +185,9 @@ def read_video(path: str | Path, num_frames: int, fps: Optional[float] = None,
     except av.FFmpegError as e:
         raise ValueError(f"{path}: cannot decode video ({e})") from e
     if len(got) < len(keep):
-        at = f" at {fps} fps (source frames up to {wanted[-1]})" if fps is not None else ""
+        at = f" at {fps} fps (source frames 0..{wanted[-1]})" if fps is not None else ""
         raise ValueError(
-            f"{path}: has {len(got) if fps is None else max(got, default=-1) + 1} frames but {num_frames} are needed "
+            f"{path}: has {count} frames but {num_frames} are needed "
             f"per clip{at} (--frames); all videos must have at least that many"
         )
     return _crop(torch.from_numpy(np.stack([got[i] for i in wanted])), size)
