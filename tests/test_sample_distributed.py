@@ -5,6 +5,7 @@ settings, labels (balanced or from a file), and exports that carry their autoenc
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -155,3 +156,35 @@ def test_labels_balanced_or_from_a_file(tmp_path: Path, caplog: pytest.LogCaptur
     b = plan.sample_noise(0, [4], 2, [(1, 2, 2)])[0]
     assert torch.equal(a[1], b[0]) and not torch.equal(a[0], a[1])
     assert plan.rank_batches(7, 2, 1, 3) == [[2, 3]] and plan.rank_batches(7, 2, 0, 3) == [[0, 1], [6]]
+
+
+def test_exports_carry_their_autoencoder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from dfm_video.train.export import main as export_main
+    from pipeline_helpers import save_tiny_vae
+
+    vae = save_tiny_vae("kl", tmp_path / "my-vae")  # image VAE: (4, 1, 8, 8) latents -> 16x16 PNGs
+    cfg = load_config(None, ["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "model.in_channels=4",
+                             "model.num_classes=2", "sample.steps=[2,2]"])
+    codec = dict(autoencoder_info("kl", vae), path=str(vae))
+    meta = {"labels": ["x", "y"], "latent_shape": [4, 1, 8, 8], "stats": None, "fps": 8.0, "autoencoder": codec}
+    plain = export_weights(build_model(cfg.model, cfg.dfm).state_dict(), cfg, meta, tmp_path / "plain", 3)
+    assert (plain / "autoencoder" / "my-vae" / "config.json").is_file()  # the config always travels
+    assert not list((plain / "autoencoder").rglob("*.safetensors"))
+    assert export_main(["--checkpoint", str(plain), "--out", str(tmp_path / "full"), "--autoencoder-weights"]) == 0
+    assert list((tmp_path / "full" / "autoencoder" / "my-vae").glob("*.safetensors"))
+    moved = vae.rename(tmp_path / "moved")  # the recorded path is gone
+    args = ["--num-samples", "2", "--no-progress"]
+    assert main(["--checkpoint", str(tmp_path / "full"), "--out", str(tmp_path / "a"), *args]) == 0  # the bundled copy
+    assert sorted(p.name for p in (tmp_path / "a").glob("sample_*")) == ["sample_000000_x.png", "sample_000001_y.png"]
+    assert main(["--checkpoint", str(plain), "--out", str(tmp_path / "b"), *args]) == 2
+    assert re.search(r"the path recorded at preprocessing '.*my-vae' is not usable.*--autoencoder-path", capsys.readouterr().err)
+    # --autoencoder-path wins; it must be the same VAE (kind, folder name, config hash)
+    same = moved.rename(tmp_path / "my-vae")
+    assert main(["--checkpoint", str(plain), "--out", str(tmp_path / "b"), "--autoencoder-path", str(same), *args]) == 0
+    a, b = (sorted((tmp_path / d).glob("sample_*")) for d in ("a", "b"))
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    other = save_tiny_vae("kl", tmp_path / "other" / "my-vae")
+    cfg_json = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps(dict(cfg_json, scaling_factor=0.25)))
+    assert main(["--checkpoint", str(plain), "--out", str(tmp_path / "c"), "--autoencoder-path", str(other), *args]) == 2
+    assert "but the data was encoded with 'kl:my-vae:" in capsys.readouterr().err

@@ -33,7 +33,8 @@ def resolve_codec(codec: Mapping[str, Any], source: Path, override: Optional[str
     codec = dict(codec)
     if codec.get("kind", "pixel") == "pixel":
         return codec  # weight-free
-    bundled = Path(source) / BUNDLE
+    copies = sorted(p for p in (Path(source) / BUNDLE).glob("*") if p.is_dir())
+    bundled = copies[0] if len(copies) == 1 else Path(source) / BUNDLE
     if override:
         path, how = str(override), "--autoencoder-path"
     elif bundled.is_dir() and _has_weights(bundled):
