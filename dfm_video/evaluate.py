@@ -41,6 +41,15 @@ from dfm_video.sampling.dist import Launch
 log = logging.getLogger("dfm_video.evaluate")
 
 METRICS = ("fvd", "fid", "fdd")
+#: The paper's protocols (docs/evaluation.md): flags a preset fills in when they are not given.
+#: K700: 10,000 samples vs 10,000 validation clips drawn class-balanced, cut like the training
+#: clips (configs/preprocess/k700.yaml: 8 fps, 512x512 centre crop), FVD on 16 frames.
+#: ImageNet: 50,000 samples vs the whole reference split at 256x256, FID and FDD per image.
+PROTOCOLS = {
+    "k700-fvd10k": {"metrics": "fvd", "num": 10000, "num_fake": None, "frames": 16, "fps": 8.0, "size": "512x512"},
+    "imagenet-fid50k": {"metrics": "fid,fdd", "num": None, "num_fake": 50000, "frames": 1, "fps": None, "size": "256x256"},
+}
+DEFAULTS = {"metrics": "fvd,fid,fdd", "num": None, "num_fake": None, "frames": 16, "fps": None, "size": None}
 FDD_NEEDS_WEIGHTS = (
     "FDD needs --dinov2-weights PATH (a local dinov2_vitl14_pretrain.pth); nothing is downloaded "
     "at run time (see docs/evaluation.md), or drop fdd from --metrics"
@@ -241,10 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dfm_video.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--real", required=True, help="folder of real videos (searched recursively)")
     p.add_argument("--fake", required=True, help="folder of generated videos")
-    p.add_argument("--metrics", default="fvd,fid,fdd", help="comma-separated subset of fvd,fid,fdd")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None,
+                   help="the paper's settings for --metrics/--num/--num-fake/--frames/--fps/--size (flags given win)")
+    p.add_argument("--metrics", default=None, help="comma-separated subset of fvd,fid,fdd (default all)")
     p.add_argument("--num", type=int, default=None, help="videos per set, drawn class-balanced; default all")
     p.add_argument("--num-fake", type=int, default=None, help="generated videos, if not --num (e.g. all real videos vs 50000 samples)")
-    p.add_argument("--frames", type=int, default=16, help="frames per clip, from the start of each video")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip, from the start of each video (default 16)")
     p.add_argument("--fps", type=float, default=None,
                    help="resample clips to this rate (frames nearest to k / fps); default: the samples' rate "
                         "from FAKE/samples.json, else consecutive frames")
@@ -279,13 +290,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    preset = PROTOCOLS[args.protocol] if args.protocol else {}
+    for key, default in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, preset.get(key, default))
     metrics = [m.strip().lower() for m in args.metrics.split(",") if m.strip()]
     try:
         fps, size = args.fps, _size(args.size)
         made = samples_clip_spec(args.fake)
-        if made and fps is None and size is None:
+        if made and args.fps is None and args.size is None and not args.protocol:
             fps, size = made["fps"], made["size"]
             log.info("clips cut like the samples in %s: %g fps, %dx%d (override with --fps / --size)", args.fake, fps, *size)
+        elif made and (fps, size) != (made["fps"], made["size"]):
+            log.warning("samples in %s are %g fps, %dx%d; clips are cut at %s fps, %s", args.fake, made["fps"], *made["size"], fps, size)
         report = evaluate(
             args.real, args.fake, metrics, num=args.num, num_frames=args.frames, batch_size=args.batch_size,
             device=args.device, i3d_weights=args.i3d_weights, inception_weights=args.inception_weights,

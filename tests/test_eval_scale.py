@@ -116,3 +116,10 @@ def test_real_clips_are_cut_like_training_clips(tmp_path: Path) -> None:
     assert np.array_equal(decode.resize_crop(every, (24, 40)), resize_crop(every, (24, 40)))
     x = torch.from_numpy(resize_crop(every[:1], (68, 68)))
     assert x.shape == (1, 68, 68, 3) and torch.equal(x[0], torch.from_numpy(every[0, :, 46:114]))  # no scaling: a centre crop
+
+
+def test_paper_protocol_fills_the_settings_and_refuses_a_smaller_set(dirs: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    assert evaluate.main(["--protocol", "k700-fvd10k", "--real", str(dirs["real"]), "--fake", str(dirs["fake"])]) == 2
+    assert "10000 videos requested (--num) but only 3 found" in capsys.readouterr().err
+    assert evaluate.paper_name("fvd", 10000) == "FVD10K" and evaluate.paper_name("fid", 50000) == "FID50K"
+    assert evaluate.paper_name("fvd", 7) == "FVD@7"
