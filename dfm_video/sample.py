@@ -6,6 +6,11 @@ directory), integrates the pyramid stage by stage (coarse to fine) with the Eule
 the autoencoder the data was encoded with. Writes one mp4 per sample (PNG for T = 1 models), a
 contact sheet, and with --previews the low-resolution video of the first k stages at the moment
 stage k reaches tau. Same seed, same output.
+
+At scale (dfm_video/sampling, docs/evaluation.md): `torchrun --nproc_per_node G -m dfm_video.sample
+... --num-samples N --batch-size B` (or `deepspeed --module dfm_video.sample`, or RANK / WORLD_SIZE
+set by hand) splits the N samples over the ranks; sample i's label, noise and file name depend on
+i alone, so the files are the same for any world size, and a rerun finishes a killed run.
 """
 
 from __future__ import annotations
@@ -213,6 +218,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="samples per forward batch (default: min(N, 8))")
     p.add_argument("--labels-file", default=None, help="one label name or class id per line, line i for sample i (default: class-balanced)")
     p.add_argument("--autoencoder-path", default=None, help="local folder of the autoencoder, overriding the recorded or bundled one")
+    p.add_argument("--overwrite", action="store_true", help="delete the samples already in --out first (default: keep and resume)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher passes it
     return p.parse_args(argv)
 

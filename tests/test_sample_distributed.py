@@ -129,6 +129,10 @@ def test_a_folder_from_other_settings_or_weights_is_refused(export: Path, tmp_pa
     other = make_export(tmp_path / "other", seed=1)
     assert main(["--checkpoint", str(other), *base[2:]]) == 2
     assert "weights_sha256: folder has" in capsys.readouterr().err
+    assert main(["--checkpoint", str(other), *base[2:], "--overwrite"]) == 0  # unless asked to start afresh
+    assert "(2 written now, 0 existed" in capsys.readouterr().out
+    assert main(base + ["--overwrite"]) == 0
+    capsys.readouterr()
     assert main(base + ["--num-samples", "3"]) == 0  # more of the same: only the new index is made
     assert "(1 written now, 2 existed" in capsys.readouterr().out
     stray = tmp_path / "stray"

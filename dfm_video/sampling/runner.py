@@ -102,6 +102,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batches = plan.global_batches(num, batch_size)
     launch.start()  # every argument is checked: from here on the ranks talk
     try:
+        if args.overwrite:
+            if launch.rank == 0:
+                writer.clear_folder(out)
+            launch.all_gather(None)  # nobody reads the folder before rank 0 has emptied it
         resumed = writer.claim_folder(out, record)
         # Ranks scan before any of them writes (the gather is the barrier); the union of what each
         # saw missing is split round-robin, so a resumed run is as balanced as a fresh one.

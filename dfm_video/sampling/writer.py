@@ -76,6 +76,18 @@ def claim_folder(out: Path, record: dict[str, Any]) -> bool:
     return False
 
 
+def clear_folder(out: Path) -> int:
+    """Delete what a sampling run wrote into `out` (samples, previews, record, report); returns the count."""
+    out = Path(out)
+    if not out.is_dir():
+        return 0
+    gone = [p for p in out.iterdir() if p.name.startswith(PREFIX) or p.name in (RECORD, REPORT, "contact_sheet.png")]
+    gone += [p for p in (out / "previews").glob("stage*")] if (out / "previews").is_dir() else []
+    for p in gone:
+        p.unlink()
+    return len(gone)
+
+
 def read_record(out: Path) -> dict[str, Any] | None:
     path = Path(out) / RECORD
     return json.loads(path.read_text()) if path.is_file() else None
