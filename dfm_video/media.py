@@ -10,7 +10,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
-import av
 import numpy as np
 import torch
 from PIL import Image
@@ -25,6 +24,8 @@ def to_uint8(video: Tensor) -> np.ndarray:
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: float) -> Path:
     """Encode (T, H, W, 3) uint8 frames as H.264; 4:2:0 when H and W are even (widely playable), else 4:4:4."""
+    import av  # here, not at the top: the sampler's model code also runs on GPU images without PyAV
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     t, h, w, _ = frames.shape

@@ -135,6 +135,10 @@ def test_a_folder_from_other_settings_or_weights_is_refused(export: Path, tmp_pa
     capsys.readouterr()
     assert main(base + ["--num-samples", "3"]) == 0  # more of the same: only the new index is made
     assert "(1 written now, 2 existed" in capsys.readouterr().out
+    assert main([*base[:4], "--num-samples", "0"]) == 2
+    assert "--num-samples must be >= 1, got 0" in capsys.readouterr().err
+    assert main([*base, "--batch-size", "0"]) == 2
+    assert "--batch-size must be >= 1, got 0" in capsys.readouterr().err
     stray = tmp_path / "stray"
     stray.mkdir()
     (stray / "sample_000000_a.mp4").write_bytes(b"")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import logging
+import json
 import sys
 import time
 from pathlib import Path
@@ -20,8 +20,6 @@ import torch
 from dfm_video.media import contact_sheet, to_uint8, write_png
 from dfm_video.sampling import plan, writer
 from dfm_video.sampling.dist import Launch
-
-log = logging.getLogger("dfm_video.sample")
 
 
 def _floats(text: str, n: int, flag: str) -> tuple[float, ...]:
@@ -84,8 +82,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tau = args.tau if args.tau is not None else sc.tau
     cfg_scale = args.cfg if args.cfg is not None else sc.cfg_scale
     interval = _floats(args.cfg_interval, 2, "--cfg-interval") if args.cfg_interval else sc.cfg_interval
-    num = plan.check_count(args.num_samples or sc.num_samples)
-    batch_size = args.batch_size or min(num, 8)
+    num = plan.check_count(args.num_samples if args.num_samples is not None else sc.num_samples)
+    batch_size = args.batch_size if args.batch_size is not None else min(num, 8)
     seed = args.seed if args.seed is not None else sc.seed
     y, label_mode = _labels(gen, args, num)
     image = int(gen.meta["latent_shape"][1]) == 1 and int(gen.meta["autoencoder"].get("temporal", 1)) == 1
@@ -98,8 +96,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seed": seed, "noise": "per sample, from sha256(seed, index)", "labels": label_mode, "dtype": args.dtype,
         "batch_size": batch_size, "fps": fps,
     }
+    batches = plan.global_batches(num, batch_size)  # checks --batch-size before any rank talks
     paths = [writer.sample_path(out, i, gen.labels, y[i], image) for i in range(num)]
-    batches = plan.global_batches(num, batch_size)
     launch.start()  # every argument is checked: from here on the ranks talk
     try:
         if args.overwrite:
@@ -157,7 +155,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "steps": steps, "tau": tau, "cfg_scale": cfg_scale, "cfg_interval": list(interval) if interval else None, "seed": seed,
         "nfe": sum(steps) * (2 if cfg_scale != 1.0 else 1),
     })
-    import json
-
     (out / writer.REPORT).write_text(json.dumps(report, indent=2))
     return report
