@@ -36,8 +36,10 @@ def sample_path(out: Path, index: int, names: Sequence[str], y: int, image: bool
 
 
 def write_sample(path: Path, frames: np.ndarray, fps: float) -> Path:
-    """(T, H, W, 3) uint8 -> mp4, or PNG when T == 1; both land under their final name in one rename."""
-    if frames.shape[0] == 1:
+    """(T, H, W, 3) uint8 -> mp4, or PNG (`path` ends in .png: T must be 1); both land under their final name in one rename."""
+    if path.suffix == ".png":
+        if frames.shape[0] != 1:
+            raise ValueError(f"{path}: a PNG holds one frame, the sample has {frames.shape[0]}")
         return write_png(path, frames[0])
     return write_mp4(path, frames, fps)
 
