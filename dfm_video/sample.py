@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch import Tensor
 
 from dfm_video.config import Config, config_from_dict, validate
 from dfm_video.dfm import LevelStats, destandardize, euler_sample, level_shapes, recompose, sampling_schedule
-from dfm_video.media import contact_sheet, to_uint8, write_mp4, write_png
+from dfm_video.media import to_uint8, write_mp4, write_png
 from dfm_video.models import DiT3D, build_model
 from dfm_video.sampling.codec import codec_for, resolve_codec, weights_digest
 from dfm_video.sampling.plan import sample_noise
