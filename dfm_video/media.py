@@ -12,7 +12,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 
@@ -24,7 +23,7 @@ def to_uint8(video: Tensor) -> np.ndarray:
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: float) -> Path:
     """Encode (T, H, W, 3) uint8 frames as H.264; 4:2:0 when H and W are even (widely playable), else 4:4:4."""
-    import av  # here, not at the top: the sampler's model code also runs on GPU images without PyAV
+    import av  # here, not at the top: the sampler's model code also runs on GPU images without PyAV (no Pillow either)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +46,8 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float) -> Path:
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
     """Write one (H, W, 3) uint8 image atomically (a temp file renamed into place)."""
+    from PIL import Image  # lazily, like av: GPU images may lack Pillow
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
