@@ -64,7 +64,9 @@ def extract_features(
     for n, k in enumerate(mine, 1):
         clips = [next(stream) for _ in batches[k]]
         feats[k] = {e.name: e.fn(clips).float().numpy() for e in extractors}
-        log.info("%s: rank %d/%d, %d/%d batches (%.1f s)", path, launch.rank, launch.world, n, len(mine), time.time() - t0)
+        spent = time.time() - t0
+        log.info("%s: rank %d/%d, %d/%d batches (%.1f s, ETA %.0f s)", path, launch.rank, launch.world, n, len(mine),
+                 spent, spent / n * (len(mine) - n))
     parts = launch.gather(feats)
     if parts is None:
         return None, len(items)
