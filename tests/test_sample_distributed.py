@@ -98,6 +98,20 @@ def test_two_and_three_ranks_and_other_batch_sizes_give_the_same_files(export: P
 
 
 @pytest.mark.slow
+def test_without_a_launcher_ranks_come_from_the_environment(export: Path, single: Path, tmp_path: Path) -> None:
+    out, port = tmp_path / "env", str(free_port())
+    cmd = [sys.executable, "-m", "dfm_video.sample", "--checkpoint", str(export), "--out", str(out),
+           "--num-samples", str(NUM), "--batch-size", "4"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=dict(cpu_env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
+                                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert "[rank 1/2] 3/3 samples" in results[1][1]  # rank 1 made the second global batch (indices 4..6)
+    _assert_same_samples(single, out)
+
+
+@pytest.mark.slow
 def test_sigkill_then_rerun_finishes_with_nothing_twice(export: Path, single: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     args = ["--checkpoint", str(export), "--out", str(out), "--num-samples", str(NUM), "--batch-size", "1"]
