@@ -1,4 +1,4 @@
-"""Sampling at scale: the same files for 1, 2 (deepspeed launcher) and 3 (torchrun) ranks and any batch
+"""Sampling at scale: the same files for 1, 2 (deepspeed launcher, or none) and 3 (torchrun) ranks and any batch
 size, a SIGKILLed run finished by a rerun with nothing twice, refusal of a folder made with other
 settings, labels (balanced or from a file), and exports that carry their autoencoder."""
 
