@@ -6,14 +6,17 @@ directory), integrates the pyramid stage by stage (coarse to fine) with the Eule
 the autoencoder the data was encoded with. Writes one mp4 per sample (PNG for T = 1 models), a
 contact sheet, and with --previews the low-resolution video of the first k stages at the moment
 stage k reaches tau. Same seed, same output.
+
+At scale (dfm_video/sampling, docs/evaluation.md): `torchrun --nproc_per_node G -m dfm_video.sample
+... --num-samples N --batch-size B` (or `deepspeed --module dfm_video.sample`, or RANK / WORLD_SIZE
+set by hand) splits the N samples over the ranks; sample i's label, noise and file name depend on
+i alone, so the files are the same for any world size, and a rerun finishes a killed run.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +25,12 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from dfm_video.autoencoders import load_autoencoder
 from dfm_video.config import Config, config_from_dict, validate
-from dfm_video.data.mixture import bucket_meta
 from dfm_video.dfm import LevelStats, destandardize, euler_sample, level_shapes, recompose, sampling_schedule
-from dfm_video.media import contact_sheet, to_uint8, write_mp4, write_png
+from dfm_video.media import to_uint8, write_mp4, write_png
 from dfm_video.models import DiT3D, build_model
+from dfm_video.sampling.codec import codec_for, resolve_codec, weights_digest
+from dfm_video.sampling.plan import sample_noise
 from dfm_video.train.checkpoint import latest_tag, read_checkpoint_weights
 from dfm_video.train.export import load_export
 from dfm_video.weights import check_state_dict
@@ -41,6 +44,8 @@ class Generator:
     cfg: Config
     meta: dict[str, Any]
     source: Path
+    weights_sha256: str = ""
+    """Digest of the loaded weights (names, dtypes, shapes, bytes): the same for an export and its checkpoint."""
 
     @property
     def labels(self) -> list[str]:
@@ -65,8 +70,12 @@ def _resolve_checkpoint(path: Path) -> Path:
     )
 
 
-def load_generator(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Generator:
-    """Build the model from the saved resolved config and load the EMA weights into it."""
+def load_generator(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                   autoencoder_path: Optional[str] = None) -> Generator:
+    """Build the model from the saved resolved config and load the EMA weights into it.
+
+    The autoencoder is looked up at `autoencoder_path`, else in the export's bundled copy, else at
+    the path recorded at preprocessing time (dfm_video.sampling.codec)."""
     src = _resolve_checkpoint(Path(path))
     if (src / "model.safetensors").is_file():
         weights, cfg, meta = load_export(src)
@@ -82,7 +91,8 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu", dtype: 
     check_state_dict(state, weights, f"{src} (weights vs the model built from its config)")
     model.load_state_dict(weights)
     model.to(device=device, dtype=dtype).eval()
-    return Generator(model=model, cfg=cfg, meta=meta, source=src)
+    meta = dict(meta, autoencoder=resolve_codec(meta["autoencoder"], src, autoencoder_path))
+    return Generator(model=model, cfg=cfg, meta=meta, source=src, weights_sha256=weights_digest(weights))
 
 
 def resolve_labels(gen: Generator, label: Optional[str], class_id: Optional[int], num: int) -> list[int]:
@@ -117,8 +127,12 @@ def generate(
     seed: int = 0,
     previews: bool = False,
     progress: bool = False,
+    indices: Optional[Sequence[int]] = None,
 ) -> tuple[Tensor, dict[int, Tensor]]:
-    """Sample latents (B, C, T, H, W) (destandardised, recomposed) and, if asked, per-stage previews."""
+    """Sample latents (B, C, T, H, W) (destandardised, recomposed) and, if asked, per-stage previews.
+
+    With `indices`, row b's noise comes from (seed, indices[b]) alone, so a sample does not depend
+    on which batch or rank made it; without, one generator seeded with `seed` draws the batch."""
     model, cfg, meta = gen.model, gen.cfg, gen.meta
     S = cfg.dfm.num_stages
     if len(steps) != S:
@@ -128,8 +142,13 @@ def generate(
     C, T, H, W = meta["latent_shape"]
     factors = meta.get("factors", cfg.dfm.factors)  # a T = 1 bucket of a mixed run skips temporal factors
     shapes = level_shapes((T, H, W), factors, cfg.dfm.temporal_mode)
-    g = torch.Generator().manual_seed(seed)  # CPU noise: the same seed gives the same video on any device
-    noise = [torch.randn(len(y), C, *s, generator=g).to(device) for s in shapes]
+    if indices is not None:
+        if len(indices) != len(y):
+            raise ValueError(f"{len(indices)} sample indices for {len(y)} labels")
+        noise = [n.to(device) for n in sample_noise(seed, indices, C, shapes)]
+    else:
+        g = torch.Generator().manual_seed(seed)  # CPU noise: the same seed gives the same video on any device
+        noise = [torch.randn(len(y), C, *s, generator=g).to(device) for s in shapes]
     stats = LevelStats.from_dict(meta["stats"]) if meta.get("stats") else None
     preview_latents: dict[int, Tensor] = {}
 
@@ -161,11 +180,7 @@ def generate(
 
 def decode_latents(gen: Generator, latents: Tensor) -> Tensor:
     """Latents (B, C, T, H, W) -> video (B, 3, F, H', W') in [-1, 1] with the data's autoencoder."""
-    codec = gen.meta["autoencoder"]
-    kind = codec["kind"]
-    patch = (int(codec.get("temporal", 1)), *[int(v) for v in codec.get("spatial", (1, 1))])
-    ae = load_autoencoder(kind, codec.get("path", ""), device=latents.device, pixel_patch=patch)
-    return ae.decode(latents.float())
+    return codec_for(gen.meta["autoencoder"], latents.device).decode(latents.float())
 
 
 def write_outputs(gen: Generator, video: Tensor, y: Sequence[int], out: Path, prefix: str = "sample") -> list[Path]:
@@ -199,60 +214,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--previews", action="store_true", help="also write the coarse-stage previews at the moment each stage reaches tau")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model dtype (bf16 on GPU)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--bucket", default=None, help="models trained on data.mix: which dataset's shape to make (index or name; default 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide the per-batch progress lines")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per forward batch (default: min(N, 8))")
+    p.add_argument("--labels-file", default=None, help="one label name or class id per line, line i for sample i (default: class-balanced)")
+    p.add_argument("--autoencoder-path", default=None, help="local folder of the autoencoder, overriding the recorded or bundled one")
+    p.add_argument("--overwrite", action="store_true", help="delete the samples already in --out first (default: keep and resume)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher passes it
     return p.parse_args(argv)
 
 
-def _floats(text: str, n: int, flag: str) -> tuple[float, ...]:
-    try:
-        vals = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected {n} comma-separated numbers") from None
-    if len(vals) != n:
-        raise ValueError(f"{flag} {text!r}: expected {n} comma-separated numbers")
-    return vals
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.dtype == "bf16" and device.type != "cuda":
-        print("note: --dtype bf16 on CPU is slow; it is meant for GPUs", file=sys.stderr)
-    gen = load_generator(args.checkpoint, device, torch.bfloat16 if args.dtype == "bf16" else torch.float32)
-    if args.bucket is not None:
-        gen = dataclasses.replace(gen, meta=bucket_meta(gen.meta, args.bucket))
-    sc = gen.cfg.sample
-    steps = [int(v) for v in args.steps.split(",")] if args.steps else list(sc.steps)
-    tau = args.tau if args.tau is not None else sc.tau
-    cfg_scale = args.cfg if args.cfg is not None else sc.cfg_scale
-    interval = _floats(args.cfg_interval, 2, "--cfg-interval") if args.cfg_interval else sc.cfg_interval
-    num = args.num_samples or sc.num_samples
-    seed = args.seed if args.seed is not None else sc.seed
-    y = resolve_labels(gen, args.label, args.class_id, num)
-    latents, previews = generate(
-        gen, y, steps=steps, tau=tau, cfg_scale=cfg_scale, cfg_interval=interval, seed=seed,
-        previews=args.previews, progress=not args.no_progress,
-    )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    video = decode_latents(gen, latents)
-    files = write_outputs(gen, video, y, out)
-    frames = [to_uint8(v) for v in video]
-    sheet = write_png(out / "contact_sheet.png", contact_sheet(frames, scale=max(1, 128 // frames[0].shape[1])))
-    preview_files = []
-    for k, lat in sorted(previews.items()):
-        preview_files += write_outputs(gen, decode_latents(gen, lat), y, out / "previews", prefix=f"stage{k + 1}")
-    report = {
-        "checkpoint": str(gen.source),
-        "samples": [str(p) for p in files],
-        "contact_sheet": str(sheet),
-        "previews": [str(p) for p in preview_files],
-        "labels": [gen.labels[i] if i < len(gen.labels) else None for i in y],
-        "steps": steps, "tau": tau, "cfg_scale": cfg_scale, "cfg_interval": list(interval) if interval else None, "seed": seed,
-        "nfe": sum(steps) * (2 if cfg_scale != 1.0 else 1),
-    }
-    (out / "samples.json").write_text(json.dumps(report, indent=2))
-    return report
+    """One rank's share of the samples (all of them in a plain process); see dfm_video.sampling.runner."""
+    from dfm_video.sampling import runner  # imports this module: keep the import here
+
+    return runner.run(args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -262,8 +238,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {len(report['samples'])} samples to {Path(args.out)} (contact sheet {report['contact_sheet']}"
-          + (f", {len(report['previews'])} previews" if report["previews"] else "") + ")")
+    if "samples" not in report:  # ranks > 0: rank 0 prints the summary
+        return 0
+    print(f"{report['num_samples']} samples in {Path(args.out)} ({report['written']} written now, {report['skipped']} existed; "
+          f"contact sheet {report['contact_sheet']}" + (f", {len(report['previews'])} previews" if report["previews"] else "") + ")")
     return 0
 
 

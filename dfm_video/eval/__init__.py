@@ -1,7 +1,8 @@
 """Evaluation metrics: FVD (I3D), FID (Inception-v3) and FDD (DINOv2), all with offline weights.
 
-Modules: `frechet` (the distance), `videos` (reading inputs), `i3d`, `inception`, `dinov2`
-(feature networks). This package file holds only the weight-file lookup they share, so importing
+Modules: `frechet` (the distance), `videos` (reading and drawing inputs), `extract` (features of
+a set, sharded over ranks), `cache` (the real set's statistics on disk), `i3d`, `inception`,
+`dinov2` (feature networks). This package file holds only the weight-file lookup they share, so importing
 one metric never imports the others. Nothing here downloads: weights come from an explicit path or
 from a file shipped inside an installed pip package.
 """

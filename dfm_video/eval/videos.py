@@ -1,17 +1,27 @@
 """Reading evaluation inputs into uint8 frames: (T, H, W, 3) per video, RGB, channels last.
 
-An input is a folder of video files (searched recursively, sorted by relative path, so the first
-N are the same on every run), or a preprocessed dataset directory (`manifest.json` + `shards/`,
-written by data_pipeline.preprocess) whose clips are recomposed from their pyramid levels and
-decoded with the autoencoder recorded in the manifest (shards in name order, rows in file order).
-Each clip is its first `num_frames` frames; a shorter video is an error, never padded.
+An input is a folder of video (or image) files searched recursively, a sampling output folder
+(`sampling.json`: its `sample_*` files in index order, previews excluded), or a preprocessed dataset
+directory (`manifest.json` + `shards/`, written by data_pipeline.preprocess) whose clips are
+recomposed from their pyramid levels and decoded with the autoencoder recorded in the manifest.
+
+`--num N` draws class-balanced: items are grouped by class (a file's parent folder, a shard row's
+label), each class in sorted order, and taken round-robin over the sorted classes; a flat folder is
+one class, so its draw is the first N by relative path. The draw is the same on every run.
+
+A clip is `num_frames` frames: consecutive decoded frames, or with `fps` the frames nearest to
+times k / fps (the rule training clips were sampled with); with `size` every frame is scaled to
+cover (H, W) and centre-cropped (also the training rule). A shorter video is an error, never padded.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import av
 import numpy as np
@@ -21,9 +31,22 @@ from torch import Tensor
 from dfm_video.data import schema
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi")
-# Images are one-frame videos (T = 1), read by the same decoder: FID / FDD of image models.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-SAMPLES_FILE = "samples.json"  # written by dfm_video.sample: its samples, not the contact sheet or previews
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+SAMPLES_FILE = "samples.json"  # dfm_video.sample's report: its samples, not the contact sheet or previews
+SAMPLING_RECORD = "sampling.json"  # dfm_video.sampling.writer.RECORD (not imported: eval stays light)
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How every clip of a set is cut: frame count, optional frame rate and (H, W) crop."""
+
+    num_frames: int
+    fps: Optional[float] = None
+    size: Optional[tuple[int, int]] = None
+
+    def settings(self) -> dict:
+        return {"frames": self.num_frames, "fps": self.fps, "size": list(self.size) if self.size else None}
 
 
 def is_shard_dataset(path: Path) -> bool:
@@ -31,13 +54,21 @@ def is_shard_dataset(path: Path) -> bool:
     return path.is_dir() and (path / schema.MANIFEST_FILE).is_file() and (path / schema.SHARD_DIR).is_dir()
 
 
-def _shard_items(root: Path) -> list[tuple[Path, int]]:
-    """(shard, row) of every clip of a dataset, in shard-name then row order."""
+def _shard_items(root: Path) -> tuple[list[tuple[Path, int]], list[int]]:
+    """(shard, row) of every clip of a dataset in shard-name then row order, and each one's label id."""
+    import pyarrow.parquet as pq
+
     info = schema.DatasetInfo.load(root)
-    return [(p, i) for p in info.shards for i in range(schema.read_shard_meta(p).num_samples)]
+    items, labels = [], []
+    for p in info.shards:
+        ids = pq.read_table(p, columns=["label_id"]).column("label_id").to_pylist()
+        items += [(p, i) for i in range(len(ids))]
+        labels += ids
+    return items, labels
 
 
-def _decode_shard_clips(items: list[tuple[Path, int]], root: Path, num_frames: int) -> Iterator[Tensor]:
+def _decode_shard_clips(items: list[tuple[Path, int]], root: Path, num_frames: int,
+                        device: Optional[torch.device] = None, size: Optional[tuple[int, int]] = None) -> Iterator[Tensor]:
     from dfm_video.autoencoders import load_autoencoder
     from dfm_video.dfm import recompose
     from dfm_video.media import to_uint8
@@ -45,7 +76,7 @@ def _decode_shard_clips(items: list[tuple[Path, int]], root: Path, num_frames: i
     info = schema.DatasetInfo.load(root)
     codec = info.autoencoder
     patch = (int(codec.get("temporal", 1)), *[int(v) for v in codec.get("spatial", (1, 1))])
-    ae = load_autoencoder(codec["kind"], codec.get("path", ""), pixel_patch=patch)
+    ae = load_autoencoder(codec["kind"], codec.get("path", ""), device=device or "cpu", pixel_patch=patch)
     wanted: dict[Path, set[int]] = {}
     for shard, row in items:
         wanted.setdefault(shard, set()).add(row)
@@ -54,13 +85,14 @@ def _decode_shard_clips(items: list[tuple[Path, int]], root: Path, num_frames: i
         for i, sample in enumerate(schema.iter_samples(shard)):
             if i not in rows:
                 continue
-            latent = recompose([x[None] for x in sample.levels], meta.factors, meta.temporal_mode)
+            latent = recompose([x[None].to(ae.device) for x in sample.levels],
+                               meta.factors, meta.temporal_mode)
             frames = torch.from_numpy(to_uint8(ae.decode(latent)[0]))
             if frames.shape[0] < num_frames:
                 raise ValueError(
                     f"{shard}: clip '{sample.key}' has {frames.shape[0]} frames but {num_frames} are needed per clip (--frames)"
                 )
-            yield frames[:num_frames]
+            yield _crop(frames[:num_frames], size)
 
 
 def _check_dir(path: Path) -> None:
@@ -77,80 +109,153 @@ def _check_dir(path: Path) -> None:
         raise ValueError(f"{path}: expected a folder of video files ({', '.join(VIDEO_EXTENSIONS)})")
 
 
+def _is_media(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
+
+
+def _sample_index(p: Path) -> int:
+    return int(p.name.split("_")[1])
+
+
 def list_videos(path: str | Path) -> list[Path]:
-    """Video (or image) files under `path` (recursive), sorted by relative path; ValueError if none.
-    A folder written by dfm_video.sample gives the samples its samples.json lists."""
+    """Media files under `path`: a sampling folder's `sample_*` files by index, the samples a
+    `samples.json` lists, else every video or image file (recursive) sorted by relative path;
+    ValueError if none."""
     root = Path(path).expanduser()
     _check_dir(root)
-    if (root / SAMPLES_FILE).is_file():
-        return sorted((root / Path(p).name for p in json.loads((root / SAMPLES_FILE).read_text())["samples"]),
-                      key=lambda p: p.name)
-    files = sorted(
-        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
+    if (root / SAMPLING_RECORD).is_file():
+        files = sorted((p for p in root.glob("sample_*") if _is_media(p)), key=_sample_index)
+    elif (root / SAMPLES_FILE).is_file():
+        files = sorted((root / Path(p).name for p in json.loads((root / SAMPLES_FILE).read_text())["samples"]),
+                       key=lambda p: p.name)
+    else:
+        files = sorted((p for p in root.rglob("*") if _is_media(p)), key=lambda p: p.relative_to(root).as_posix())
     if not files:
-        raise ValueError(f"{root}: no video files ({', '.join(VIDEO_EXTENSIONS)}) found")
+        raise ValueError(f"{root}: no video files ({', '.join(VIDEO_EXTENSIONS)}) or images ({', '.join(IMAGE_EXTENSIONS)}) found")
     return files
 
 
-def read_video(path: str | Path, num_frames: int) -> Tensor:
-    """The first `num_frames` frames of one video as uint8 (num_frames, H, W, 3), RGB.
+def _crop(frames: Tensor, size: Optional[tuple[int, int]]) -> Tensor:
+    if size is None or tuple(frames.shape[1:3]) == tuple(size):
+        return frames
+    from dfm_video.media import resize_crop
+
+    return torch.from_numpy(resize_crop(frames.numpy(), size))
+
+
+def read_video(path: str | Path, num_frames: int, fps: Optional[float] = None,
+               size: Optional[tuple[int, int]] = None) -> Tensor:
+    """`num_frames` frames of one video (or a one-frame image) as uint8 (num_frames, H, W, 3), RGB.
+
+    Without `fps`: the first `num_frames` decoded frames. With `fps`: the frames nearest to times
+    k / fps (a stream slower than `fps` is an error). With `size`: resized to cover it and centre-cropped.
 
     Raises:
-        ValueError: unreadable file, or fewer than `num_frames` frames (names both counts).
+        ValueError: unreadable file, or fewer frames than needed (names both counts).
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    frames: list[np.ndarray] = []
+    if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
+        if num_frames != 1:
+            raise ValueError(f"{path}: is an image, so clips have 1 frame; use --frames 1 (got {num_frames})")
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                return _crop(torch.from_numpy(np.array(im.convert("RGB"))[None]), size)
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read image ({e})") from e
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise ValueError(f"{path}: has no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if len(frames) == num_frames:
+            wanted = list(range(num_frames))
+            if fps is not None:
+                from dfm_video.media import sample_indices
+
+                src = float(stream.average_rate) if stream.average_rate else 0.0
+                if src < fps * (1 - 1e-3):
+                    raise ValueError(f"{path}: stream is {src:.3f} fps, below the requested {fps} fps (--fps)")
+                wanted = sample_indices(src, num_frames, fps)
+            keep, got, count = set(wanted), {}, 0
+            for i, frame in enumerate(container.decode(stream)):
+                count = i + 1
+                if i in keep:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                if i >= wanted[-1]:
                     break
     except av.FFmpegError as e:
         raise ValueError(f"{path}: cannot decode video ({e})") from e
-    if len(frames) < num_frames:
+    if len(got) < len(keep):
+        at = f" at {fps} fps (source frames 0..{wanted[-1]})" if fps is not None else ""
         raise ValueError(
-            f"{path}: has {len(frames)} frames but {num_frames} are needed per clip (--frames); "
-            "all videos must have at least that many"
+            f"{path}: has {count} frames but {num_frames} are needed "
+            f"per clip{at} (--frames); all videos must have at least that many"
         )
-    return torch.from_numpy(np.stack(frames))
+    return _crop(torch.from_numpy(np.stack([got[i] for i in wanted])), size)
 
 
-def iter_videos(path: str | Path, num: int | None, num_frames: int) -> Iterator[Tensor]:
+def balanced_order(items: Sequence, classes: Sequence) -> list:
+    """Items round-robin over their sorted classes (each class keeps its own order)."""
+    groups: dict = {}
+    for it, c in zip(items, classes):
+        groups.setdefault(c, []).append(it)
+    ordered = [groups[c] for c in sorted(groups, key=str)]
+    return [g[k] for k in range(max((len(g) for g in ordered), default=0)) for g in ordered if k < len(g)]
+
+
+def _draw(items: list, classes: list, num: Optional[int], where: str) -> list:
+    picked = balanced_order(items, classes)
+    if num is None:
+        return picked
+    counts: dict = {}
+    for c in classes:
+        counts[c] = counts.get(c, 0) + 1
+    if len(counts) > 1 and num > len(counts) * min(counts.values()):
+        small = min(counts, key=lambda c: counts[c])
+        log.warning("%s: --num %d over %d classes is not class-balanced: class '%s' has only %d items",
+                    where, num, len(counts), small, counts[small])
+    return picked[:num]
+
+
+def iter_items(path: str | Path, items: Sequence, spec: ClipSpec, device: Optional[torch.device] = None) -> Iterator[Tensor]:
+    """Clips of already selected `items` (files, or (shard, row) pairs of a dataset), in order."""
+    if items and isinstance(items[0], tuple):
+        yield from _decode_shard_clips(list(items), Path(path).expanduser(), spec.num_frames, device, spec.size)
+        return
+    for f in items:
+        yield read_video(f, spec.num_frames, spec.fps, spec.size)
+
+
+def iter_videos(path: str | Path, num: int | None, num_frames: int, fps: Optional[float] = None,
+                size: Optional[tuple[int, int]] = None, device: Optional[torch.device] = None) -> Iterator[Tensor]:
     """Yield `num` clips (all if None) from an input, each uint8 (num_frames, H, W, 3).
 
-    Sizes may differ between videos; the feature networks resize each one. The count check
-    happens before any decoding, so a too-small set fails fast.
+    Sizes may differ between videos without `size`; the feature networks resize each one. The
+    count check happens before any decoding, so a too-small set fails fast.
     """
-    files = select_videos(path, num)
-    if files and isinstance(files[0], tuple):
-        yield from _decode_shard_clips(files, Path(path).expanduser(), num_frames)
-        return
-    for f in files:
-        yield read_video(f, num_frames)
+    yield from iter_items(path, select_videos(path, num), ClipSpec(num_frames, fps, size), device)
 
 
 def select_videos(path: str | Path, num: int | None) -> list:
-    """The first `num` (all if None) videos of an input: file paths, or (shard, row) pairs for a
-    preprocessed dataset; ValueError if there are fewer."""
+    """`num` (all if None) videos of an input drawn class-balanced: file paths, or (shard, row)
+    pairs for a preprocessed dataset; ValueError if there are fewer."""
     root = Path(path).expanduser()
-    files = _shard_items(root) if is_shard_dataset(root) else list_videos(path)
+    if num is not None and num < 1:
+        raise ValueError(f"--num must be >= 1, got {num}")
+    if is_shard_dataset(root):
+        files, classes = _shard_items(root)
+    else:
+        files = list_videos(path)
+        flat = (root / SAMPLING_RECORD).is_file()  # samples are balanced by index already
+        classes = ["" if flat else f.parent.relative_to(root).as_posix() for f in files]
     if not files:
         raise ValueError(f"{root}: no clips found")
-    if num is not None:
-        if num < 1:
-            raise ValueError(f"--num must be >= 1, got {num}")
-        if len(files) < num:
-            raise ValueError(f"{path}: {num} videos requested (--num) but only {len(files)} found")
-        files = files[:num]
-    return files
+    if num is not None and len(files) < num:
+        raise ValueError(f"{path}: {num} videos requested (--num) but only {len(files)} found")
+    return _draw(files, classes, num, str(path))
 
 
 def load_videos(path: str | Path, num: int | None, num_frames: int) -> Tensor:

@@ -1,13 +1,23 @@
 """Exported weights for the sampler: `model.safetensors` (EMA, float32) + the resolved config +
-what the data was encoded with (labels, level statistics, autoencoder, latent shape)."""
+what the data was encoded with (labels, level statistics, autoencoder, latent shape), and under
+`autoencoder/<name>/` the autoencoder's config.json (always) or its whole folder (by choice):
+
+    python -m dfm_video.train.export --checkpoint RUN_OR_CHECKPOINT --out DIR [--autoencoder-weights]
+
+An export with the weights samples on a machine that never saw the preprocessing; one with the
+config only still needs the VAE (`--autoencoder-path`), but names exactly which one.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import shutil
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -17,13 +27,48 @@ from dfm_video.config import Config, load_config, save_config
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 DATASET = "dataset.json"
+AUTOENCODER = "autoencoder"
+BUNDLE_CHOICES = ("none", "config", "weights")
+log = logging.getLogger(__name__)
 
 
-def export_weights(weights: dict[str, torch.Tensor], cfg: Config, dataset_meta: dict[str, Any], out_dir: Path, step: int) -> Path:
-    """Write the export atomically (into a temp folder renamed at the end)."""
+def bundle_autoencoder(codec: dict[str, Any], out_dir: Path, what: str) -> Optional[Path]:
+    """Copy the codec's config.json ("config") or its whole folder ("weights") to out_dir/autoencoder/.
+
+    The copy keeps the folder's name (and a pipeline's `vae/` level): the codec id, which the
+    sampler checks, is made of that name and the config's hash. A pixel codec has nothing to copy.
+    """
+    if what not in BUNDLE_CHOICES:
+        raise ValueError(f"autoencoder bundling must be one of {BUNDLE_CHOICES}, got {what!r}")
+    if what == "none" or codec.get("kind", "pixel") == "pixel":
+        return None
+    from dfm_video.autoencoders.diffusers_vae import resolve_vae_dir
+
+    try:
+        src = resolve_vae_dir(codec["kind"], codec.get("path", ""))
+    except ValueError as exc:
+        if what == "weights":
+            raise
+        log.warning("export without the autoencoder's config: %s", exc)  # training never needs the VAE itself
+        return None
+    rel = Path(src.parent.name, "vae") if src.name == "vae" else Path(src.name)
+    dst = Path(out_dir) / AUTOENCODER / rel
+    if what == "weights":
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    else:
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / "config.json", dst / "config.json")
+    return dst
+
+
+def export_weights(weights: dict[str, torch.Tensor], cfg: Config, dataset_meta: dict[str, Any], out_dir: Path, step: int,
+                   autoencoder: str = "config") -> Path:
+    """Write the export atomically (into a temp folder renamed at the end); `autoencoder`: what of
+    the codec to carry along (none / config / weights, see `bundle_autoencoder`)."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
+    bundle_autoencoder(dataset_meta.get("autoencoder") or {}, tmp, autoencoder)
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS), metadata={"step": str(step)})
     save_config(cfg, tmp / CONFIG)
     (tmp / DATASET).write_text(json.dumps(dataset_meta, indent=2))
@@ -52,3 +97,41 @@ def load_export(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, dict
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path / DATASET} is not valid JSON: {exc}") from exc
     return weights, load_config(path / CONFIG), meta
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Re-export a run, export or checkpoint (any ZeRO stage), optionally with the autoencoder's weights."""
+    p = argparse.ArgumentParser(prog="python -m dfm_video.train.export", description=main.__doc__)
+    p.add_argument("--checkpoint", required=True, help="run directory, export folder or DeepSpeed checkpoint folder")
+    p.add_argument("--out", required=True, help="new export folder")
+    p.add_argument("--autoencoder-weights", action="store_true", help="copy the whole autoencoder folder, not only its config")
+    p.add_argument("--autoencoder-path", default=None, help="where the autoencoder is, if not at its recorded path")
+    args = p.parse_args(argv)
+    from dfm_video.sample import load_generator  # the sampler's loader: the export is checked by loading it
+
+    try:
+        gen = load_generator(args.checkpoint, "cpu", torch.float32, autoencoder_path=args.autoencoder_path)
+        step = int(load_file_metadata(gen.source).get("step", 0))
+        out = export_weights(gen.model.state_dict(), gen.cfg, gen.meta, Path(args.out), step,
+                             autoencoder="weights" if args.autoencoder_weights else "config")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {gen.source} to {out} (weights sha256 {gen.weights_sha256[:12]}, "
+          f"autoencoder {'weights' if args.autoencoder_weights else 'config'} included)")
+    return 0
+
+
+def load_file_metadata(src: Path) -> dict[str, str]:
+    """The safetensors header metadata of an export (the training step), {} for a checkpoint folder."""
+    from safetensors import safe_open
+
+    path = Path(src) / WEIGHTS
+    if not path.is_file():
+        return {}
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
