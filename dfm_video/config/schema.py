@@ -237,6 +237,23 @@ class PreprocessConfig:
     """Process clips rejected by an earlier run again (default: a rejected clip counts as done)."""
     progress: bool = True
     """Show a progress bar (the final summary line is always printed)."""
+    layout: Literal["split", "fused"] = "split"
+    """`split`: CPU decode tasks feed autoencoder actors; `fused`: one actor per GPU decodes (child
+    processes), encodes and writes its own shards."""
+    clips_per_task: int = 4
+    """Clips per decode task (split layout): a retried task redoes at most this many."""
+    decode_workers: int = 2
+    """Decoder child processes per fused actor."""
+    decode_timeout_s: float = 120.0
+    """A clip whose decoding takes longer is rejected ("decode timeout"); sized for 10 s clips."""
+    decode_memory_mb: Optional[int] = None
+    """Address-space cap of each decoder child process (None = no cap)."""
+    io_retries: int = 2
+    """Retries of a clip after a transient I/O error before it is rejected."""
+    latent_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Storage type of the latents in the shards (statistics are accumulated in float64 either way)."""
+    resource_wait_s: float = 0.0
+    """Wait this long for missing cluster resources (autoscaling clusters); 0 = refuse at once."""
 
 
 @dataclass
