@@ -67,6 +67,16 @@ def _child_main(conn: Any, memory_mb: Optional[int], threads: int) -> None:
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when a child ends
+    # A crash must end the child at once, with its signal as the exit status: no inherited
+    # fault handler (faulthandler, a library's backtrace printer) may catch it and linger.
+    for sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT):
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        import faulthandler
+
+        faulthandler.disable()
+    except Exception:
+        pass
     torch.set_num_threads(max(1, threads))
     if memory_mb:
         cap = int(memory_mb) << 20
@@ -146,13 +156,15 @@ class DecoderProcess:
             self._start()
         self.used += 1
         timeout = self.settings.timeout_s
+        hung = False
         try:
             self.conn.send((path, is_image, params))
             if self.conn.poll(timeout):
                 return self.conn.recv()
+            hung = True
         except (EOFError, OSError, BrokenPipeError):
             pass  # the child died: its exit status says how
-        if self.proc.is_alive():  # no answer in time: a hang
+        if hung:  # no answer in time
             self.stop()
             return ("reject", f"decode timeout after {timeout:g} s", f"{path}: decoding took longer than "
                     f"preprocess.decode_timeout_s={timeout:g} s; the decoder process was killed")
