@@ -135,7 +135,7 @@ def test_faulty_clips_become_rejects_and_the_job_goes_on(ray_local, tmp_path, mo
     for name in ("hang.mp4", "segv.mp4", "encfail.mp4"):
         (clips / "a" / name).write_bytes(seed.read_bytes())
     pts = list(range(0, 30 * 40, 40))
-    write_synthetic(clips / "b" / "mpeg2.mpg", pts, Fraction(1, 90000) * 90, codec="mpeg2video", fmt="mpeg")
+    write_synthetic(clips / "b" / "mpeg2.mpg", list(range(30)), Fraction(1, 25), codec="mpeg2video", fmt="mpeg")
     write_synthetic(clips / "b" / "flash.flv", pts, TB, codec="flv", fmt="flv")
     write_synthetic(clips / "b" / "windows.wmv", pts, TB, codec="wmv2", fmt="asf")
     (clips / "b" / "README.txt").write_text("notes, not a video\n")

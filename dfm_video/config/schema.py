@@ -206,7 +206,7 @@ class PreprocessConfig:
     pixel_patch: tuple[int, int, int] = (1, 4, 4)
     """Space-to-depth patch (pt, ph, pw) of the pixel codec."""
     samples_per_shard: int = 256
-    """Clips per shard file."""
+    """Clips per shard file = clips per call of an encoder (or fused) actor, which writes that shard."""
     decode_cpus: float = 1.0
     """CPUs per decode task."""
     decode_concurrency: Optional[int] = None
@@ -220,9 +220,9 @@ class PreprocessConfig:
     encode_gpus: float = 0.0
     """GPUs per autoencoder actor (0 on CPU-only machines)."""
     autoencoder_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Precision the autoencoder runs in; latents are stored as float32 either way."""
+    """Precision the autoencoder runs in (storage precision: `latent_dtype`)."""
     writer_cpus: float = 0.25
-    """CPUs of the shard-writer actor."""
+    """Unused since the encoder actors write their own shards (kept so older configs still load)."""
     batch_size: int = 4
     """Clips per autoencoder batch."""
     ray_address: str = ""
