@@ -173,3 +173,40 @@ def test_faulty_clips_become_rejects_and_the_job_goes_on(ray_local, tmp_path, mo
     for smp in samples.values():
         direct.update(smp.levels)
     assert info.moments.mean.dtype == torch.float64 and torch.allclose(info.moments.mean, direct.mean, atol=1e-12)
+
+
+def test_old_shards_and_rejects_parts_still_read(tmp_path) -> None:
+    """Shards written before issue 11 (16-clip row groups, no source size columns) and rejects parts
+    without run_id read as before; new bfloat16 shards read through the trainer's ShardDataset."""
+    import pyarrow as pa
+
+    from dfm_video.data.loader import ShardDataset
+    from dfm_video.data.store import DatasetStore, Reject, ShardLayout, write_clips
+
+    torch.manual_seed(0)
+    shapes = [[4, 3, 2, 2], [4, 3, 4, 4]]
+    layout = ShardLayout([[1, 2, 2]], "causal", shapes, {"id": "pixel"}, "bfloat16")
+    samples = [S.Sample(f"k{i}", "a", 0, "train", f"/p/{i}.mp4", 8.0, 25.0, [0, 3], [torch.randn(*s) for s in shapes], 360, 640)
+               for i in range(3)]
+    ref = [[x.clone() for x in s.levels] for s in samples]
+    DatasetStore(tmp_path).close()  # creates shards/ and rejects/
+    name = write_clips(tmp_path, samples, [Reject("bad", "/p/bad.mp4", "decode", "too short", "x", "run-9")], layout)
+    path = tmp_path / S.SHARD_DIR / name
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3
+    ds = ShardDataset([(path, g, 0) for g in range(3)], 2, dtypes={path: "bfloat16"})
+    for g in range(3):
+        levels, label = ds[g]
+        assert label == 0 and all(torch.equal(a, b.to(torch.bfloat16).float()) for a, b in zip(levels, ref[g]))
+    assert S.read_rejects(tmp_path).to_pylist()[0]["run_id"] == "run-9"
+
+    # the same clips as an old-format shard: float32, 16-clip row groups, no source size columns
+    old = S.samples_to_table(samples, S.ShardMeta(3, [[1, 2, 2]], "causal", shapes, {"id": "pixel"}, {}))
+    old = old.drop_columns(["source_height", "source_width"])
+    old_path = tmp_path / "old.parquet"
+    S.write_table_atomic(old, old_path, row_group_size=16)
+    back = S.read_shard(old_path)
+    assert [s.source_height for s in back] == [0, 0, 0] and torch.equal(back[1].levels[0], samples[1].levels[0])
+    assert torch.equal(ShardDataset([(old_path, 0, 2)], 2)[0][0][1], samples[2].levels[1])
+    old_rejects = pa.table({"key": ["o"], "path": ["/o"], "stage": ["decode"], "reason": ["r"], "detail": ["d"]})
+    S.write_table_atomic(old_rejects, tmp_path / S.REJECTS_DIR / "part-old.parquet")
+    assert {r["key"]: r["run_id"] for r in S.read_rejects(tmp_path).to_pylist()} == {"bad": "run-9", "o": ""}
