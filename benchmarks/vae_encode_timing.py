@@ -2,6 +2,7 @@
 
     python benchmarks/vae_encode_timing.py            # CUDA, bf16, 1 x 3 x 49 x 512 x 512 (about 40-70 s on an H100/H200)
     python benchmarks/vae_encode_timing.py --quick    # CPU, float32, tiny shape (< 1 minute here)
+    python benchmarks/vae_encode_timing.py --flops    # CPU: encoder FLOPs per clip, counted at small shapes, extrapolated
 
 The CogVideoX-2b VAE architecture (diffusers `AutoencoderKLCogVideoX`) is built from its config
 written out below, with random weights (timing does not depend on the weight values; nothing is
@@ -63,6 +64,35 @@ def time_encode(vae, video: torch.Tensor, repeats: int, deadline: float) -> tupl
     return times, peak, shape
 
 
+def count_flops(frames: int, size: int) -> int:
+    """FLOPs of one encode of the full CogVideoX-2b VAE encoder, counted (torch FlopCounterMode) at
+    small clips on the CPU and extrapolated: convolutions are linear in the pixel count, and the
+    frame dependence is fitted from two frame counts (causal 3D convs see 1 + 4k frames)."""
+    from diffusers import AutoencoderKLCogVideoX
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLCogVideoX(**COGVIDEOX_2B_VAE).eval()
+    vae.decoder = None
+    side = 64
+    counts = {}
+    for f in (9, 17):
+        video = torch.zeros(1, 3, f, side, side)
+        with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+            vae.encode(video)
+        counts[f] = fc.get_total_flops()
+    per_frame = (counts[17] - counts[9]) / 8
+    base = counts[9] - 9 * per_frame
+    scale = (size / side) ** 2
+    total = (base + frames * per_frame) * scale
+    print(f"# CogVideoX-2b VAE encoder FLOPs (counted at 9 and 17 frames x {side}^2 on CPU, extrapolated)")
+    print(f"{'frames':>6} {'size':>5} {'GFLOP':>10}")
+    for f in (9, 17):
+        print(f"{f:>6} {side:>5} {counts[f] / 1e9:>10.1f}  (counted)")
+    print(f"{frames:>6} {size:>5} {total / 1e9:>10.1f}  (extrapolated: {total / 1e12:.2f} TFLOP per clip)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CPU, float32, tiny VAE, 9 x 32 x 32 clip")
@@ -70,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=70.0, help="start no new measurement after this many seconds")
+    ap.add_argument("--flops", action="store_true", help="count encoder FLOPs on CPU (full architecture, small clips)")
     args = ap.parse_args(argv)
+    if args.flops:
+        return count_flops(args.frames, args.size)
     t_start = time.time()
     deadline = t_start + args.budget_s
 
