@@ -210,3 +210,24 @@ def test_old_shards_and_rejects_parts_still_read(tmp_path) -> None:
     old_rejects = pa.table({"key": ["o"], "path": ["/o"], "stage": ["decode"], "reason": ["r"], "detail": ["d"]})
     S.write_table_atomic(old_rejects, tmp_path / S.REJECTS_DIR / "part-old.parquet")
     assert {r["key"]: r["run_id"] for r in S.read_rejects(tmp_path).to_pylist()} == {"bad": "run-9", "o": ""}
+
+
+def test_resource_wait_and_preflight_name_what_is_missing(ray_local, tmp_path) -> None:
+    """On the live (local) cluster: a GPU request waits resource_wait_s and then says what is
+    missing; the per-node preflight names the node and the path it cannot see."""
+    import time as _time
+
+    from data_pipeline.resources import preflight, wait_for_resources
+
+    p = tiny_config(tmp_path / "o", tmp_path, "preprocess.encode_gpus=1", "preprocess.resource_wait_s=1.5").preprocess
+    t0 = _time.time()
+    with pytest.raises(ValueError, match=r"waited preprocess.resource_wait_s=1.5 s: .*1 GPUs but the Ray cluster has 0"):
+        wait_for_resources(p, poll_s=0.5)
+    assert _time.time() - t0 >= 1.5
+    wait_for_resources(tiny_config(tmp_path / "o", tmp_path).preprocess)  # fits: returns at once
+    (tmp_path / "o").mkdir()
+    preflight(tiny_config(tmp_path / "o", tmp_path).preprocess)
+    missing = tiny_config(tmp_path / "o", tmp_path, "preprocess.autoencoder=cogvideox",
+                          f"preprocess.autoencoder_path={tmp_path / 'no-vae'}").preprocess
+    with pytest.raises(ValueError, match=r"preflight: .*node \S+ \(.+\) lacks preprocess.autoencoder_path=.*no-vae"):
+        preflight(missing)
