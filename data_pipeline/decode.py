@@ -1,10 +1,14 @@
 """Stage 1 (Ray tasks): decode a clip, sample frames at the target fps, resize and centre-crop.
 
-Frame sampling (documented choice): output frame k is the source frame nearest to time k / fps,
-counted from the first frame of the file (Kinetics files already hold just the annotated
-segment): index_k = floor(k * source_fps / fps + 0.5). A clip without enough frames is rejected
-("too short"), a stream slower than the target fps is rejected ("fps below target"): frames are
-never looped, padded or duplicated.
+Frame sampling (documented choice): output frame k is the source frame whose presentation
+timestamp is nearest to time k / fps, counted from the first frame of the file (Kinetics files
+already hold just the annotated segment); ties go to the later frame, which on constant-rate files
+is index_k = floor(k * source_fps / fps + 0.5). Timestamps, not frame indices x average fps, so
+variable-frame-rate files sample correctly; container frame counts are never trusted (decoding
+stops after the last needed time). A clip whose frames end before the last target time is
+rejected ("too short"), a stream slower than the target fps is rejected ("fps below target"):
+frames are never looped, padded or duplicated. Rotation metadata (display matrix) is applied,
+so a phone's portrait clip is portrait before the resize and crop.
 
 Resize: the shorter side (more precisely: the side that needs the larger scale) goes to the
 target, then a centre crop to (H, W). Bilinear with antialiasing on uint8 frames (torch's
@@ -12,7 +16,9 @@ target, then a centre crop to (H, W). Bilinear with antialiasing on uint8 frames
 
 Decoders: decord (default) or PyAV. When decord cannot read a file, PyAV is tried; both return
 bit-identical RGB frames (measured, shared/PLATFORM_NOTES.md), so the fallback changes only which
-library ran: it is logged once per worker and counted in the run summary.
+library ran: it is logged once per worker and counted in the run summary. Rotated files go to
+PyAV directly (decord ignores rotation and fails on 90-degree files). Any container FFmpeg reads
+(.mpg, .ogv, .ts, .flv, .wmv, .3gp, ...) decodes: decord first, PyAV when decord refuses it.
 
 Every failure becomes a reject (stage "decode", a short reason, the full message); a bad file
 never stops the job.
@@ -20,11 +26,13 @@ never stops the job.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from fractions import Fraction
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -43,11 +51,13 @@ class DecodeParams:
     resolution: tuple[int, int]  # (H, W) after resize + crop
     decoder: str  # "decord" | "pyav"
     threads: int = 1
+    fault_hook: str = ""  # tests only: see data_pipeline.isolate (from DFM_TEST_DECODE_HOOK)
 
     @classmethod
     def from_config(cls, cfg: PreprocessConfig) -> "DecodeParams":
         frames = 1 if cfg.input_type == "images" else cfg.num_frames
-        return cls(frames, cfg.fps, tuple(cfg.resolution), cfg.decoder, cfg.decode_threads)
+        return cls(frames, cfg.fps, tuple(cfg.resolution), cfg.decoder, cfg.decode_threads,
+                   os.environ.get("DFM_TEST_DECODE_HOOK", ""))
 
 
 class ClipRejected(Exception):
@@ -59,41 +69,94 @@ class ClipRejected(Exception):
         self.detail = detail
 
 
+class TransientIOError(Exception):
+    """Reading the file failed in a way that may succeed later (network filesystem hiccup): retried."""
+
+
 @dataclass
 class Decoded:
     frames: np.ndarray  # (F, H, W, 3) uint8 RGB, already resized and cropped
-    indices: list[int]  # source frame index of each sampled frame
+    indices: list[int]  # presentation-order index of the source frame of each sampled frame
     source_fps: float
     decoder: str
+    source_hw: tuple[int, int] = (0, 0)  # displayed size of the source (after rotation)
 
 
 def sample_indices(source_fps: float, num_frames: int, fps: float) -> list[int]:
-    """Source frame nearest to each target time k / fps, k = 0..num_frames-1."""
+    """Constant-rate special case of `pick_by_time`: source frame nearest to each k / fps."""
     step = source_fps / fps
     return [int(math.floor(k * step + 0.5)) for k in range(num_frames)]
 
 
-def plan_indices(path: str, source_fps: float | None, available: int | None, p: DecodeParams) -> list[int]:
-    """Frame indices to read; `ClipRejected` when the stream cannot provide them."""
+def target_times(p: DecodeParams) -> list[Fraction]:
+    return [Fraction(k) / Fraction(p.fps) for k in range(p.num_frames)]
+
+
+def check_rate(path: str, source_fps: float | None, p: DecodeParams) -> float:
     if source_fps is None or not math.isfinite(source_fps) or source_fps <= 0:
         raise ClipRejected("no frame rate", f"{path}: the video stream has no usable frame rate ({source_fps})")
     if source_fps < p.fps * (1 - 1e-3):
         raise ClipRejected("fps below target", f"{path}: stream is {source_fps:.3f} fps, below the target {p.fps} fps")
-    idx = sample_indices(source_fps, p.num_frames, p.fps)
-    if available is not None and idx[-1] >= available:
-        raise ClipRejected(
-            "too short",
-            f"{path}: {p.num_frames} frames at {p.fps} fps need {idx[-1] + 1} source frames at "
-            f"{source_fps:.3f} fps, the stream has {available}",
-        )
-    return idx
+    return float(source_fps)
+
+
+def pick_by_time(path: str, times: Sequence[Fraction], p: DecodeParams) -> list[int]:
+    """Index (presentation order) of the frame nearest to each target time k / fps, from the
+    presentation timestamps `times` (relative to the first frame; ties go to the later frame, which
+    reproduces `sample_indices` on constant-rate files). A target later than the last frame plus
+    half a frame interval is "too short": container frame counts are never consulted."""
+    if len(times) == 0:
+        raise ClipRejected("too short", f"{path}: no decodable frame")
+    half = (times[-1] - times[0]) / (2 * (len(times) - 1)) if len(times) > 1 else Fraction(0)
+    out = []
+    for t in target_times(p):
+        if t >= times[-1] + half and not (len(times) == 1 and t == 0):
+            raise ClipRejected(
+                "too short",
+                f"{path}: {p.num_frames} frames at {p.fps} fps need {float(t):.3f} s of video, the stream's frames "
+                f"span {float(times[-1]):.3f} s ({len(times)} frames decoded)",
+            )
+        j = bisect.bisect_left(times, t)
+        if j == len(times) or (j > 0 and t - times[j - 1] < times[j] - t):
+            j -= 1
+        out.append(j)
+    return out
 
 
 def check_file(path: str) -> None:
-    if not os.path.exists(path):
-        raise ClipRejected("missing file", f"{path}: file listed but missing")
-    if os.path.getsize(path) == 0:
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise ClipRejected("missing file", f"{path}: file listed but missing") from None
+    except OSError as exc:
+        raise TransientIOError(f"{path}: {exc}") from exc
+    if size == 0:
         raise ClipRejected("empty file", f"{path}: zero-byte file")
+
+
+def rotate_frames(frames: np.ndarray, degrees: int) -> np.ndarray:
+    """Apply a display-matrix rotation (degrees counter-clockwise, as FFmpeg reports it) to (F, H, W, 3)."""
+    k = int(round(degrees / 90)) % 4
+    return np.ascontiguousarray(np.rot90(frames, k=k, axes=(1, 2))) if k else frames
+
+
+def probe_pyav(path: str) -> tuple[float | None, int]:
+    """(average frame rate, display rotation) from the header and the first decoded frame."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise ClipRejected("no video stream", f"{path}: the file has no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate) if stream.average_rate else None
+            for frame in container.decode(stream):
+                return fps, int(frame.rotation or 0)
+            return fps, 0
+    except ClipRejected:
+        raise
+    except Exception as exc:
+        raise ClipRejected("unreadable", f"{path}: not a readable media file: {exc}") from exc
 
 
 def read_decord(path: str, p: DecodeParams) -> tuple[np.ndarray, list[int], float]:
@@ -103,16 +166,24 @@ def read_decord(path: str, p: DecodeParams) -> tuple[np.ndarray, list[int], floa
         vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=p.threads)
     except Exception as exc:  # decord raises RuntimeError/DECORDError for anything unreadable
         raise ClipRejected("unreadable", f"{path}: decord cannot open it: {exc}") from exc
-    fps = vr.get_avg_fps()
-    idx = plan_indices(path, fps, len(vr), p)
+    fps = check_rate(path, vr.get_avg_fps(), p)
+    try:
+        # start times of every frame decord indexed (from the packets, not the header's count)
+        starts = vr.get_frame_timestamp(np.arange(len(vr)))[:, 0] if len(vr) else np.zeros(0)
+    except Exception as exc:
+        raise ClipRejected("decode error", f"{path}: decord has no frame timestamps: {exc}") from exc
+    times = [Fraction(float(t)).limit_denominator(1_000_000) for t in starts]
+    times = [t - times[0] for t in times] if times else times
+    idx = pick_by_time(path, times, p)
     try:
         frames = vr.get_batch(idx).asnumpy()
     except Exception as exc:
         raise ClipRejected("decode error", f"{path}: decord failed while decoding: {exc}") from exc
-    return frames, idx, float(fps)
+    return frames, idx, fps
 
 
 def read_pyav(path: str, p: DecodeParams) -> tuple[np.ndarray, list[int], float]:
+    """Decode in presentation order up to the last target time; convert only the chosen frames."""
     import av
 
     try:
@@ -124,24 +195,39 @@ def read_pyav(path: str, p: DecodeParams) -> tuple[np.ndarray, list[int], float]
             raise ClipRejected("no video stream", f"{path}: the file has no video stream")
         stream = container.streams.video[0]
         stream.thread_count = p.threads
-        fps = float(stream.average_rate) if stream.average_rate else None
-        # stream.frames is 0 for containers without an index: count while decoding instead.
-        idx = plan_indices(path, fps, None, p)
-        wanted, last = set(idx), idx[-1]
-        got: dict[int, np.ndarray] = {}
-        count = 0  # frames decoded so far
+        fps = check_rate(path, float(stream.average_rate) if stream.average_rate else None, p)
+        targets = target_times(p)
+        times: list[Fraction] = []
+        kept: dict[int, Any] = {}  # frames chosen so far plus the latest one (bounded memory)
+        chosen: set[int] = set()
+        rotation, k = 0, 0
         try:
+            step = 1 / Fraction(fps).limit_denominator(1_000_000)
+            raw = None
             for frame in container.decode(stream):
-                if count in wanted:
-                    got[count] = frame.to_ndarray(format="rgb24")
-                count += 1
-                if count > last:
+                # raw elementary streams carry no timestamps: those frames are one average interval apart
+                raw = Fraction(frame.pts) * frame.time_base if frame.pts is not None else (raw + step if raw is not None else Fraction(0))
+                if not times:
+                    t0, rotation = raw, int(frame.rotation or 0)
+                t = raw - t0
+                if times and t <= times[-1]:
+                    continue  # a repeated or out-of-order timestamp: not a new presentation instant
+                j = len(times)
+                times.append(t)
+                # targets between the previous frame and this one are decided now (the rule of pick_by_time)
+                while k < len(targets) and targets[k] <= t:
+                    chosen.add(j - 1 if j > 0 and targets[k] - times[j - 1] < t - targets[k] else j)
+                    k += 1
+                if j - 1 not in chosen:
+                    kept.pop(j - 1, None)
+                kept[j] = frame
+                if k == len(targets):
                     break
         except Exception as exc:
-            raise ClipRejected("decode error", f"{path}: PyAV failed after {count} frames: {exc}") from exc
-        if len(got) < len(wanted):
-            plan_indices(path, fps, count, p)  # raises "too short" with the numbers
-        return np.stack([got[i] for i in idx]), idx, float(fps)
+            raise ClipRejected("decode error", f"{path}: PyAV failed after {len(times)} frames: {exc}") from exc
+        idx = pick_by_time(path, times, p)
+        frames = np.stack([kept[i].to_ndarray(format="rgb24") for i in idx])
+        return rotate_frames(frames, rotation), idx, fps
 
 
 def read_image(path: str) -> np.ndarray:
@@ -175,6 +261,11 @@ def decode_clip(path: str, is_image: bool, p: DecodeParams) -> Decoded:
         return Decoded(resize_crop(read_image(path), p.resolution), [0], 0.0, "pil")
     decoder = p.decoder
     if decoder == "decord":
+        # decord ignores rotation metadata (and fails or garbles rotated files): those go to PyAV
+        _, rotation = probe_pyav(path)
+        if rotation:
+            decoder = "pyav"
+    if decoder == "decord":
         try:
             frames, idx, fps = read_decord(path, p)
         except ClipRejected as exc:
@@ -190,14 +281,17 @@ def decode_clip(path: str, is_image: bool, p: DecodeParams) -> Decoded:
                 _fallback_logged = True
     else:
         frames, idx, fps = read_pyav(path, p)
-    return Decoded(resize_crop(frames, p.resolution), idx, fps, decoder)
+    return Decoded(resize_crop(frames, p.resolution), idx, fps, decoder, (int(frames.shape[1]), int(frames.shape[2])))
 
 
-def decode_batch(batch: dict[str, np.ndarray], params: DecodeParams) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], params: DecodeParams, isolation: Any = None,
+                 workers: int = 1) -> dict[str, np.ndarray]:
     """Ray Data stage: clip items -> items + frames (N, F, H, W, 3) uint8 + sampling + reject info.
 
-    Rejected rows keep zero frames and carry stage/reason/detail; they flow on to the writer,
-    which records them (one stream keeps every clip accounted for).
+    With `isolation` (`data_pipeline.isolate.IsolationSettings`) every clip is decoded in a child
+    process (`workers` at once) that a hang or a crash cannot take down; without it, in this process.
+    Rejected rows keep zero frames and carry stage/reason/detail; they flow on to the workers that
+    write the shards, which record them (one stream keeps every clip accounted for).
     """
     n = len(batch["key"])
     fcount, (h, w) = params.num_frames, params.resolution
@@ -205,19 +299,33 @@ def decode_batch(batch: dict[str, np.ndarray], params: DecodeParams) -> dict[str
     indices = np.full((n, fcount), -1, dtype=np.int32)
     out: dict[str, Any] = {k: batch[k] for k in ("key", "path", "label", "label_id", "split", "is_image")}
     fps = np.zeros(n, dtype=np.float32)
+    src_h, src_w = np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32)
     decoder, stage, reason, detail = [""] * n, [""] * n, [""] * n, [""] * n
-    for i in range(n):
-        path = str(batch["path"][i])
-        try:
-            clip = decode_clip(path, bool(batch["is_image"][i]), params)
-        except ClipRejected as exc:
-            stage[i], reason[i], detail[i] = "decode", exc.reason, exc.detail
-            continue
-        except Exception as exc:  # an unforeseen decoder error is still a bad clip, not a dead job
-            stage[i], reason[i], detail[i] = "decode", "decode error", f"{path}: {type(exc).__name__}: {exc}"
+    items = [(str(batch["path"][i]), bool(batch["is_image"][i])) for i in range(n)]
+    if isolation is not None:
+        from data_pipeline.isolate import shared_pool
+
+        results = shared_pool(isolation, workers, params.threads).decode_many(items, params)
+    else:
+        results = [_decode_or_reject(path, is_image, params) for path, is_image in items]
+    for i, clip in enumerate(results):
+        if isinstance(clip, ClipRejected):
+            stage[i], reason[i], detail[i] = "decode", clip.reason, clip.detail
             continue
         frames[i], indices[i], fps[i], decoder[i] = clip.frames, clip.indices, clip.source_fps, clip.decoder
-    out.update(frames=frames, frame_indices=indices, source_fps=fps, decoder=np.array(decoder, dtype=object),
-               stage=np.array(stage, dtype=object), reason=np.array(reason, dtype=object),
-               detail=np.array(detail, dtype=object))
+        src_h[i], src_w[i] = clip.source_hw
+    out.update(frames=frames, frame_indices=indices, source_fps=fps, source_height=src_h, source_width=src_w,
+               decoder=np.array(decoder, dtype=object), stage=np.array(stage, dtype=object),
+               reason=np.array(reason, dtype=object), detail=np.array(detail, dtype=object))
     return out
+
+
+def _decode_or_reject(path: str, is_image: bool, params: DecodeParams) -> Decoded | ClipRejected:
+    try:
+        return decode_clip(path, is_image, params)
+    except ClipRejected as exc:
+        return exc
+    except TransientIOError as exc:
+        return ClipRejected("I/O error", str(exc))
+    except Exception as exc:  # an unforeseen decoder error is still a bad clip, not a dead job
+        return ClipRejected("decode error", f"{path}: {type(exc).__name__}: {exc}")

@@ -3,20 +3,29 @@
     python -m data_pipeline.preprocess --config configs/preprocess/k700.yaml [--set key=value ...] [--strict]
     python data_pipeline/preprocess.py ...        (the same; what `ray submit` runs)
 
-Chain: sources (driver) -> decode + sample + resize/crop (tasks) -> autoencoder + pyramid (actor
-pool, GPUs when configured) -> shard writer (one actor) -> progress + summary (driver).
-Without `preprocess.ray_address` an embedded local Ray is started; with one (e.g. `auto`) the job
-connects to that cluster, whose nodes must see `input_dir` and `output_dir` at the same paths.
-Everything that can be checked is checked before Ray starts (inputs, CSV columns, output
-directory, frame counts against the codec and the pyramid).
+Two layouts (`preprocess.layout`, see data_pipeline/stages.py):
+- split: sources (driver) -> decode + sample + resize/crop (tasks of `clips_per_task` clips, each
+  clip in an isolated child process) -> autoencoder + pyramid + shard writing (actor pool, GPUs
+  when configured) -> summary rows (driver);
+- fused: sources (driver) -> one actor per GPU that decodes (child processes), encodes and writes.
+The workers that hold the latents write the shards; the driver sees one small row per clip and,
+at the end, merges the shards' moments (dfm_video.data.store). Without `preprocess.ray_address`
+an embedded local Ray is started; with one (e.g. `auto`) the job connects to that cluster, and a
+preflight on every node checks that `input_dir`, `output_dir` and `autoencoder_path` are visible
+there. Everything that can be checked is checked before Ray starts (inputs, CSV columns, output
+directory, frame counts against the codec and the pyramid, resource arithmetic).
+Object-store URLs (s3://, gs://, ...) are refused with a message: mount the bucket or copy.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import logging
+import math
 import sys
 import time
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,9 +41,13 @@ if __package__ in (None, ""):  # run as a script (e.g. by `ray submit`, as ~/pre
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_pipeline.decode import DecodeParams, decode_batch
-from data_pipeline.encode import EncodeSpec, EncodeStage
+from data_pipeline.encode import EncodeSpec
+from data_pipeline.isolate import IsolationSettings
+from data_pipeline.resources import check_config, check_resources, preflight, wait_for_resources  # noqa: F401
 from data_pipeline.sources import build_sources
-from data_pipeline.writer import OutputDir, ShardWriter, WriterSpec
+from data_pipeline.stages import EncodeWriteStage, FusedStage, StageSpec
+from data_pipeline.writer import WriterSpec
+from dfm_video.data.store import DatasetStore
 from dfm_video.autoencoders import autoencoder_info, geometry_of
 from dfm_video.config.loader import load_config, require
 from dfm_video.config.schema import Config
@@ -54,6 +67,8 @@ class Summary:
     num_samples: int  # clips in the whole dataset
     num_rejected: int  # rejects in the whole dataset (what --strict checks)
     output_dir: str
+    ignored: dict = None  # files under a folder input that are not media: count per extension
+    run_id: str = ""
 
     @property
     def clips_per_s(self) -> float:
@@ -62,6 +77,9 @@ class Summary:
     def line(self) -> str:
         extra = f", {self.input_rejects} input rows rejected" if self.input_rejects else ""
         extra += f", {self.pyav_fallbacks} decoded by the PyAV fallback" if self.pyav_fallbacks else ""
+        if self.ignored:
+            listing = ", ".join(f"{n} {ext}" for ext, n in sorted(self.ignored.items()))
+            extra += f", {sum(self.ignored.values())} non-media files ignored ({listing})"
         return (f"preprocess: {self.ok} ok, {self.rejected} rejected, {self.skipped} skipped{extra} in "
                 f"{self.elapsed_s:.1f} s ({self.clips_per_s:.2f} clips/s); dataset {self.num_samples} clips, "
                 f"{self.num_rejected} rejects -> {self.output_dir}")
@@ -91,37 +109,35 @@ def plan_levels(cfg: Config) -> tuple[dict, list[list[int]]]:
     return info, [[c, *s] for s in shapes]
 
 
-def check_resources(cfg: Config, cluster: dict[str, float]) -> None:
-    """Refuse resource requests the cluster can never grant (Ray would wait forever)."""
-    p = cfg.preprocess
-    if p.encode_gpus > 0 and cluster.get("GPU", 0) < p.encode_gpus:
-        raise ValueError(f"preprocess.encode_gpus={p.encode_gpus} but the Ray cluster has {cluster.get('GPU', 0)} GPUs")
-    need = p.decode_cpus + p.encode_actors * p.encode_cpus + p.writer_cpus
-    if need > cluster.get("CPU", 0):
-        raise ValueError(
-            f"decode_cpus + encode_actors * encode_cpus + writer_cpus = {need} exceeds the cluster's "
-            f"{cluster.get('CPU', 0)} CPUs: the stages would wait on each other forever; lower them"
-        )
+def new_run_id() -> str:
+    """Names the run in every reject it makes and in the manifest's run history."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def build_dataset(items: list[dict], cfg: Config, levels: list[list[int]], codec: dict):
+def build_dataset(items: list[dict], cfg: Config, levels: list[list[int]], codec: dict, run_id: str = ""):
     """The Ray Data chain; yields one summary row per clip (key, status, stage, reason, decoder, shard)."""
     import ray.data
 
     p = cfg.preprocess
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
-    ds = ds.map_batches(decode_batch, fn_kwargs={"params": DecodeParams.from_config(p)}, batch_size=1,
-                        compute=ray.data.TaskPoolStrategy(size=p.decode_concurrency), num_cpus=p.decode_cpus,
-                        # max_calls recycles decode workers (bounds native decoder memory growth);
-                        # being a task-only option it also keeps Ray Data from fusing decoding
-                        # into the encoder actors, which would cap decode parallelism there.
+    isolation = IsolationSettings(p.decode_timeout_s, p.decode_memory_mb, p.io_retries)
+    writer = WriterSpec(p.output_dir, [list(f) for f in cfg.dfm.factors], cfg.dfm.temporal_mode, levels, codec, p.fps,
+                        p.latent_dtype, run_id)
+    decode = DecodeParams.from_config(p)
+    spec = StageSpec(EncodeSpec.from_config(cfg, levels), writer, decode, isolation, p.decode_workers)
+    # Blocks of clips_per_task items: a decode task (and so a retry) covers at most that many clips.
+    ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / p.clips_per_task)))
+    actor_args = dict(batch_size=p.samples_per_shard, compute=ray.data.ActorPoolStrategy(size=p.encode_actors),
+                      num_cpus=p.encode_cpus, num_gpus=p.encode_gpus or None, batch_format="numpy",
+                      fn_constructor_kwargs={"spec": spec})
+    if p.layout == "fused":
+        return ds.map_batches(FusedStage, **actor_args)
+    ds = ds.map_batches(decode_batch, fn_kwargs={"params": decode, "isolation": isolation, "workers": 1},
+                        batch_size=p.clips_per_task, compute=ray.data.TaskPoolStrategy(size=p.decode_concurrency),
+                        num_cpus=p.decode_cpus,
+                        # a task-only option: keeps Ray Data from fusing decoding into the encoder
+                        # actors (which would cap decode parallelism at encode_actors)
                         max_calls=1000, batch_format="numpy")
-    ds = ds.map_batches(EncodeStage, fn_constructor_kwargs={"spec": EncodeSpec.from_config(cfg, levels)},
-                        batch_size=p.batch_size, compute=ray.data.ActorPoolStrategy(size=p.encode_actors),
-                        num_cpus=p.encode_cpus, num_gpus=p.encode_gpus or None, batch_format="numpy")
-    spec = WriterSpec(p.output_dir, [list(f) for f in cfg.dfm.factors], cfg.dfm.temporal_mode, levels, codec, p.fps)
-    return ds.map_batches(ShardWriter, fn_constructor_kwargs={"spec": spec}, batch_size=p.samples_per_shard,
-                          compute=ray.data.ActorPoolStrategy(size=1), num_cpus=p.writer_cpus, batch_format="numpy")
+    return ds.map_batches(EncodeWriteStage, **actor_args)
 
 
 def _start_ray(cfg: Config) -> bool:
@@ -145,39 +161,45 @@ def run(cfg: Config) -> Summary:
     start = time.time()
     p = cfg.preprocess
     require(cfg, "preprocess.input_dir", "preprocess.output_dir", source="preprocess")
+    check_config(p)
     codec, levels = plan_levels(cfg)
     sources = build_sources(p)
-    out = OutputDir(p.output_dir)
+    run_id = new_run_id()
+    out = DatasetStore(p.output_dir)
     try:
         out.check_compatible(cfg, sources.labels, codec)
-        out.write_run_files(cfg, sources.labels, sources.rejects)
+        out.write_run_files(cfg, sources.labels, [type(r)(**{**r.__dict__, "run_id": run_id}) for r in sources.rejects])
         done = out.done_keys(p.retry_rejects)
         pending = [asdict(it) for it in sources.items if it.key not in done]
         if p.retry_rejects:
             out.drop_rejects({it["key"] for it in pending})
         status: Counter = Counter()
         if pending:
-            status = _process(cfg, pending, levels, codec)
-        run_record = {"ok": status["ok"], "rejected": status["rejected"], "skipped": len(sources.items) - len(pending),
+            status = _process(cfg, pending, levels, codec, run_id)
+        run_record = {"run_id": run_id, "ok": status["ok"], "rejected": status["rejected"],
+                      "skipped": len(sources.items) - len(pending), "ignored_files": sources.ignored,
                       "seconds": round(time.time() - start, 2)}
-        manifest = out.finalize(run_record, levels, [list(f) for f in cfg.dfm.factors], cfg.dfm.temporal_mode, codec)
+        manifest = out.finalize(run_record, levels, [list(f) for f in cfg.dfm.factors], cfg.dfm.temporal_mode, codec,
+                                sources.ignored)
     finally:
         out.close()
     return Summary(status["ok"], status["rejected"], len(sources.items) - len(pending), len(sources.rejects),
                    status["pyav-fallback"], time.time() - start, manifest["num_samples"], manifest["num_rejected"],
-                   str(p.output_dir))
+                   str(p.output_dir), dict(sources.ignored), run_id)
 
 
-def _process(cfg: Config, pending: list[dict], levels: list[list[int]], codec: dict) -> Counter:
+def _process(cfg: Config, pending: list[dict], levels: list[list[int]], codec: dict, run_id: str) -> Counter:
     import ray
     from tqdm import tqdm
 
     started = _start_ray(cfg)
     try:
-        check_resources(cfg, ray.cluster_resources())
+        wait_for_resources(cfg.preprocess)
+        if cfg.preprocess.ray_address:
+            preflight(cfg.preprocess)
         counts: Counter = Counter()
         with tqdm(total=len(pending), unit="clip", desc="preprocess", disable=not cfg.preprocess.progress) as bar:
-            for batch in build_dataset(pending, cfg, levels, codec).iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in build_dataset(pending, cfg, levels, codec, run_id).iter_batches(batch_size=None, batch_format="numpy"):
                 counts.update(str(s) for s in batch["status"])
                 counts.update(str(d) for d in batch["decoder"] if d == "pyav-fallback")
                 bar.update(len(batch["status"]))

@@ -5,8 +5,12 @@ Three inputs (`preprocess.input_type`):
   `{split}/{label}/{youtube_id}_{start:06d}_{end:06d}.mp4` (unlabelled rows, e.g. the test split:
   `{split}/{youtube_id}_...mp4`). A clip's key is `{youtube_id}_{start:06d}_{end:06d}`: K700 has
   youtube ids with several segments, so the id alone is not unique.
-- `folder`: every video under `input_dir`; key = relative path; label = parent folder name
-  (files directly in `input_dir` are unlabelled).
+- `folder`: every file under `input_dir` is a clip (key = relative path; label = parent folder
+  name; files directly in `input_dir` are unlabelled), whatever its extension: any container
+  FFmpeg reads is decoded (.mp4 .mkv .webm .avi .mov .mpg .mpeg .ogv .ts .flv .wmv .3gp .m4v ...)
+  and anything else becomes a reject with its reason. Only files that are clearly not video
+  (NON_MEDIA_EXTENSIONS: text, metadata, images, archives; hidden files) are left out, and they
+  are COUNTED per extension in the summary and the manifest: nothing is skipped silently.
 - `images`: ImageNet layout `input_dir/{label}/{name}.JPEG`; each image becomes a T = 1 clip.
 
 Label ids: line i of `labels_file` has id i (stable across runs and subsets: use the official class
@@ -21,10 +25,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dfm_video.config.schema import PreprocessConfig
+from dfm_video.data.store import Reject  # noqa: F401  (re-exported: sources make source rejects)
 
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ogv", ".ogg", ".ts", ".mts",
+                    ".m2ts", ".flv", ".wmv", ".asf", ".3gp", ".3g2", ".vob", ".mxf", ".y4m", ".dv", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Extensions that are never video: counted as ignored rather than tried (and rejected) one by one.
+NON_MEDIA_EXTENSIONS = (".txt", ".md", ".json", ".jsonl", ".csv", ".tsv", ".yaml", ".yml", ".xml", ".html", ".pdf",
+                        ".log", ".srt", ".vtt", ".ass", ".sub", ".nfo", ".py", ".sh", ".zip", ".tar", ".gz", ".tgz",
+                        ".part", ".tmp", ".db", ".parquet", ".wav", ".mp3", ".flac", ".aac", ".m4a", ".opus",
+                        *IMAGE_EXTENSIONS, ".tif", ".tiff", ".heic")
 
 
 @dataclass(frozen=True)
@@ -39,22 +50,12 @@ class ClipItem:
     is_image: bool
 
 
-@dataclass(frozen=True)
-class Reject:
-    """A clip that failed a stage; `stage` is source | decode | encode, `reason` a short category."""
-
-    key: str
-    path: str
-    stage: str
-    reason: str
-    detail: str
-
-
 @dataclass
 class SourceList:
     items: list[ClipItem]
     labels: list[str]
     rejects: list[Reject] = field(default_factory=list)  # duplicates and malformed rows
+    ignored: dict[str, int] = field(default_factory=dict)  # folder input: non-media files per extension
 
 
 def kinetics_key(youtube_id: str, start: int, end: int) -> str:
@@ -113,15 +114,29 @@ def kinetics_items(cfg: PreprocessConfig) -> tuple[list[tuple[ClipItem, int]], l
     return out, rejects
 
 
-def _walk(cfg: PreprocessConfig, extensions: tuple[str, ...], is_image: bool) -> list[tuple[ClipItem, int]]:
+def _walk(cfg: PreprocessConfig, is_image: bool) -> tuple[list[tuple[ClipItem, int]], dict[str, int]]:
+    """(items, ignored count per extension). Images: files with an image extension; videos: every
+    file that is not clearly non-media (see the module docstring)."""
     root = Path(cfg.input_dir)
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
+    ignored: dict[str, int] = {}
+    paths = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file():
+            continue
+        ext = p.suffix.lower() or "(none)"
+        hidden = any(part.startswith(".") for part in p.relative_to(root).parts)
+        media = p.suffix.lower() in IMAGE_EXTENSIONS if is_image else p.suffix.lower() not in NON_MEDIA_EXTENSIONS
+        if hidden or not media:
+            key = "(hidden)" if hidden else ext
+            ignored[key] = ignored.get(key, 0) + 1
+            continue
+        paths.append(p)
     out = []
     for i, p in enumerate(paths):
         rel = p.relative_to(root)
         label = rel.parent.name if len(rel.parts) > 1 else ""
         out.append((ClipItem(rel.as_posix(), str(p), label, -1, cfg.split, is_image), i))
-    return out
+    return out, ignored
 
 
 def build_sources(cfg: PreprocessConfig) -> SourceList:
@@ -135,11 +150,11 @@ def build_sources(cfg: PreprocessConfig) -> SourceList:
             raise ValueError(f"preprocess.annotations: annotation CSV '{cfg.annotations}' does not exist")
     if not cfg.input_dir or not Path(cfg.input_dir).is_dir():
         raise ValueError(f"preprocess.input_dir: '{cfg.input_dir}' is not an existing directory")
+    ignored: dict[str, int] = {}
     if cfg.input_type == "kinetics":
         found, rejects = kinetics_items(cfg)
     else:
-        exts = IMAGE_EXTENSIONS if cfg.input_type == "images" else VIDEO_EXTENSIONS
-        found, rejects = _walk(cfg, exts, cfg.input_type == "images"), []
+        (found, ignored), rejects = _walk(cfg, cfg.input_type == "images"), []
 
     seen: dict[str, int] = {}
     unique: list[ClipItem] = []
@@ -163,4 +178,4 @@ def build_sources(cfg: PreprocessConfig) -> SourceList:
     items = [ClipItem(**{**asdict(it), "label_id": ids.get(it.label, -1)}) for it in unique]
     if cfg.limit is not None:
         items = items[: cfg.limit]
-    return SourceList(items, labels, rejects)
+    return SourceList(items, labels, rejects, ignored)

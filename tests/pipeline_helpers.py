@@ -167,3 +167,54 @@ def save_tiny_vae(kind: str, folder: Path) -> Path:
         raise ValueError(kind)
     vae.save_pretrained(folder)
     return folder
+
+
+def index_frame(i: int, h: int, w: int) -> np.ndarray:
+    """A flat frame whose grey level encodes its index (survives lossy coding: levels 8 apart; i < 30)."""
+    return np.full((h, w, 3), (16 + 8 * i) % 256, np.uint8)
+
+
+def frame_index_of(frame: np.ndarray) -> int:
+    return int(round((float(frame.mean()) - 16) / 8))
+
+
+def write_synthetic(path: Path, pts: list[int], time_base: Fraction, size: tuple[int, int] = (48, 64),
+                    codec: str = "libx264", fmt: str | None = None, pix_fmt: str = "yuv420p", rotation: int = 0,
+                    marker: bool = False, rate: int = 25) -> Path:
+    """A clip whose frame i (shown at pts[i] x time_base) is `index_frame(i)`: variable frame rate
+    when the pts are uneven. `marker` paints a white block top-left (orientation checks)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = size
+    with av.open(str(path), "w", format=fmt) as out:
+        s = out.add_stream(codec, rate=rate)
+        s.width, s.height, s.pix_fmt = w, h, pix_fmt
+        s.time_base = time_base
+        s.codec_context.time_base = time_base  # frames keep their exact pts (no snapping to 1 / rate)
+        if codec == "libx264":
+            s.options = {"preset": "ultrafast", "crf": "10"}
+        if rotation:
+            s.set_display_rotation(rotation)
+        for i, t in enumerate(pts):
+            img = index_frame(i, h, w)
+            if marker:
+                img[: h // 4, : w // 4] = 255
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format=pix_fmt)
+            frame.pts, frame.time_base = t, time_base
+            for p in s.encode(frame):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path
+
+
+def inflate_mp4_durations(path: Path, factor: int) -> Path:
+    """Make the mp4 header lie: movie/track/media durations x `factor` (the frames stay as they are)."""
+    data = bytearray(path.read_bytes())
+    for box, offset in ((b"mvhd", 16), (b"tkhd", 20), (b"mdhd", 16)):  # version-0 boxes: 32-bit duration field
+        i = data.find(box)
+        assert i > 0 and data[i + 4] == 0, f"{path}: no version-0 {box.decode()} box"
+        field = i + 4 + offset
+        value = struct.unpack(">I", data[field : field + 4])[0]
+        struct.pack_into(">I", data, field, value * factor)
+    path.write_bytes(bytes(data))
+    return path

@@ -55,37 +55,50 @@ def _cli(module: bool, clips: Path, out: Path) -> list[str]:
     return [sys.executable, *entry, "--config", "configs/preprocess/tiny.yaml", *[a for s in sets for a in ("--set", s)]]
 
 
-def test_sigkill_mid_run_then_rerun(tmp_path) -> None:
-    """Kill the whole job (driver + its embedded Ray) right after the first shard lands, rerun with
-    the script form of the entry point: every clip exactly once, only complete shards ever visible.
-    First in the module, so the in-process Ray of the other tests does not compete with it."""
-    clips, out = tmp_path / "clips", tmp_path / "out"
-    make_folder_clips(clips, 20)
-    proc = subprocess.Popen(_cli(True, clips, out), cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _kill_after(proc: subprocess.Popen, out: Path, shards_before: int, extra_delay: float) -> None:
+    """SIGKILL the job's process group once a new shard lands (plus `extra_delay` s)."""
     deadline = time.time() + 240
     try:
-        while not S.list_shards(out):
-            assert proc.poll() is None, "the job ended before writing a shard"
-            assert time.time() < deadline, "no shard after 240 s"
+        while len(S.list_shards(out)) <= shards_before:
+            assert proc.poll() is None, "the job ended before writing a new shard"
+            assert time.time() < deadline, "no new shard after 240 s"
             time.sleep(0.02)
+        time.sleep(extra_delay)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the process group this test started: driver, raylet, workers
+        os.killpg(proc.pid, signal.SIGKILL)  # the process group this test started: driver, raylet, workers, decoders
         proc.wait()
-    time.sleep(0.5)
-    assert not (out / S.MANIFEST_FILE).exists(), "the run finished before the kill: nothing was tested"
-    visible = S.list_shards(out)
-    assert 1 <= len(visible) < 20
-    for shard in visible:  # every visible shard is complete and readable
-        assert len(S.read_shard(shard)) == 1
+
+
+def test_sigkill_at_random_moments_then_rerun(tmp_path) -> None:
+    """Kill the whole job (driver + its embedded Ray + decoder processes) at three random moments,
+    each in a rerun of the previous, then let a last rerun (the script form of the entry point)
+    finish: every clip exactly once, only complete shards ever visible, no temporary leftovers.
+    First in the module, so the in-process Ray of the other tests does not compete with it."""
+    import random
+
+    rng = random.Random(11)
+    clips, out = tmp_path / "clips", tmp_path / "out"
+    make_folder_clips(clips, 30)
+    seen = 0
+    for kill in range(3):
+        proc = subprocess.Popen(_cli(True, clips, out), cwd=ROOT, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _kill_after(proc, out, seen, rng.uniform(0.0, 0.3))
+        time.sleep(0.5)
+        assert not (out / S.MANIFEST_FILE).exists(), f"kill {kill}: the run finished before the kill: nothing was tested"
+        visible = S.list_shards(out)
+        assert seen < len(visible) <= 30
+        for shard in visible:  # every visible shard is complete and readable
+            assert len(S.read_shard(shard)) == 1
+        seen = len(visible)
 
     done = subprocess.run(_cli(False, clips, out), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"{20 - len(visible)} ok, 0 rejected, {len(visible)} skipped" in done.stdout
+    assert f"{30 - seen} ok, 0 rejected, {seen} skipped" in done.stdout
     keys = [s.key for s in _all_samples(out)]
-    assert len(keys) == len(set(keys)) == 20
+    assert len(keys) == len(set(keys)) == 30
     assert not [p for p in (out / S.SHARD_DIR).iterdir() if p.name.startswith(S.TMP_PREFIX)]
-    assert S.DatasetInfo.load(out).num_samples == 20
+    assert S.DatasetInfo.load(out).num_samples == 30
 
 
 def _all_samples(root: Path) -> list[S.Sample]:

@@ -263,7 +263,7 @@ def test_encode_levels_with_a_causal_vae_and_temporal_factor(tmp_path) -> None:
 
 def _writer_spec(root: Path) -> WriterSpec:
     codec = load_autoencoder("pixel", pixel_patch=(1, 4, 4)).describe()
-    return WriterSpec(str(root), [[1, 2, 2]], "causal", [[48, 9, 4, 4], [48, 9, 8, 8]], codec, 8.0)
+    return WriterSpec(str(root), [[1, 2, 2]], "causal", [[48, 9, 4, 4], [48, 9, 8, 8]], codec, 8.0, run_id="run-1")
 
 
 def test_write_batch_writes_a_shard_and_a_rejects_part(tmp_path) -> None:
@@ -281,7 +281,7 @@ def test_write_batch_writes_a_shard_and_a_rejects_part(tmp_path) -> None:
         direct.update(smp.levels)
     assert torch.allclose(S.read_shard_meta(shards[0]).level_moments().m2, direct.m2)
     rejects = S.read_rejects(tmp_path).to_pylist()
-    assert rejects == [{"key": "k2", "path": "/p/2.mp4", "stage": "decode", "reason": "too short", "detail": "x"}]
+    assert rejects == [{"key": "k2", "path": "/p/2.mp4", "stage": "decode", "reason": "too short", "detail": "x", "run_id": "run-1"}]
     # Ray may retry a batch: the same keys give the same file names, so a retry overwrites, never adds
     write_batch(_writer_spec(tmp_path), encoded)
     assert S.list_shards(tmp_path) == shards and S.read_rejects(tmp_path).num_rows == 1
@@ -313,10 +313,21 @@ def test_failures_before_any_work(kinetics, tmp_path, capsys) -> None:
     cfg = tiny_config(tmp_path / "o", root, "preprocess.autoencoder=wan", "preprocess.autoencoder_path=Wan-AI/Wan2.1")
     with pytest.raises(ValueError, match="preprocess.autoencoder_path: .*hub ids are not accepted"):
         run(cfg)
-    with pytest.raises(ValueError, match="encode_gpus=1.0 but the Ray cluster has 0"):
+    with pytest.raises(ValueError, match="encode_gpus=1.0 x encode_actors=1 = 1 GPUs but the Ray cluster has 0"):
         check_resources(tiny_config(tmp_path / "o", root, "preprocess.encode_gpus=1"), {"CPU": 2.0})
+    # every stage counts: 2 actors x 1 GPU on a 1-GPU cluster; 4 decode tasks x 0.5 CPU + 1 actor x 0.5 CPU on 2 CPUs
+    with pytest.raises(ValueError, match="= 2 GPUs but the Ray cluster has 1"):
+        check_resources(tiny_config(tmp_path / "o", root, "preprocess.encode_gpus=1", "preprocess.encode_actors=2"),
+                        {"CPU": 8.0, "GPU": 1.0})
+    with pytest.raises(ValueError, match=r"2.5 CPUs but the Ray cluster has 2 .*decode_concurrency x decode_cpus = 4 x 0.5"):
+        check_resources(tiny_config(tmp_path / "o", root, "preprocess.decode_concurrency=4"), {"CPU": 2.0})
     with pytest.raises(ValueError, match="exceeds the cluster's 2.0 CPUs"):
         check_resources(tiny_config(tmp_path / "o", root, "preprocess.encode_actors=4"), {"CPU": 2.0})
+    with pytest.raises(ValueError, match="largest node has 1"):  # one actor's GPUs must fit on one node
+        check_resources(tiny_config(tmp_path / "o", root, "preprocess.encode_gpus=2"), {"CPU": 8.0, "GPU": 2.0}, [1.0, 1.0])
+    check_resources(tiny_config(tmp_path / "o", root, "preprocess.layout=fused", "preprocess.encode_actors=4"), {"CPU": 2.0})
+    with pytest.raises(ValueError, match=r"preprocess.output_dir='s3://bucket/x': object-store URLs are not supported"):
+        run(tiny_config("s3://bucket/x", root))
     # CLI: a bad CSV or an unwritable output directory -> exit 2 with the problem named, nothing written
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("label,youtube_id\n")

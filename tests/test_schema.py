@@ -44,7 +44,7 @@ def test_shard_roundtrip_is_exact(tmp_path) -> None:
         assert (a.label, a.label_id, a.split, a.source_path, a.frame_indices) == (b.label, b.label_id, b.split, b.source_path, b.frame_indices)
         assert b.fps == 8.0 and b.source_fps == 25.0
         assert all(torch.equal(x, y) and y.dtype == torch.float32 for x, y in zip(a.levels, b.levels))
-    assert pq.ParquetFile(path).num_row_groups == 3
+    assert pq.ParquetFile(path).num_row_groups == len(samples)  # one clip per row group (random reads pull one clip)
     assert S.read_keys(path) == [s.key for s in samples]
     assert pq.read_schema(path).remove_metadata() == S.shard_schema(2)
 

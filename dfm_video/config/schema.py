@@ -223,7 +223,7 @@ class PreprocessConfig:
     pixel_patch: tuple[int, int, int] = (1, 4, 4)
     """Space-to-depth patch (pt, ph, pw) of the pixel codec."""
     samples_per_shard: int = 256
-    """Clips per shard file."""
+    """Clips per shard file = clips per call of an encoder (or fused) actor, which writes that shard."""
     decode_cpus: float = 1.0
     """CPUs per decode task."""
     decode_concurrency: Optional[int] = None
@@ -237,9 +237,9 @@ class PreprocessConfig:
     encode_gpus: float = 0.0
     """GPUs per autoencoder actor (0 on CPU-only machines)."""
     autoencoder_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Precision the autoencoder runs in; latents are stored as float32 either way."""
+    """Precision the autoencoder runs in (storage precision: `latent_dtype`)."""
     writer_cpus: float = 0.25
-    """CPUs of the shard-writer actor."""
+    """Unused since the encoder actors write their own shards (kept so older configs still load)."""
     batch_size: int = 4
     """Clips per autoencoder batch."""
     ray_address: str = ""
@@ -254,6 +254,23 @@ class PreprocessConfig:
     """Process clips rejected by an earlier run again (default: a rejected clip counts as done)."""
     progress: bool = True
     """Show a progress bar (the final summary line is always printed)."""
+    layout: Literal["split", "fused"] = "split"
+    """`split`: CPU decode tasks feed autoencoder actors; `fused`: one actor per GPU decodes (child
+    processes), encodes and writes its own shards."""
+    clips_per_task: int = 4
+    """Clips per decode task (split layout): a retried task redoes at most this many."""
+    decode_workers: int = 2
+    """Decoder child processes per fused actor."""
+    decode_timeout_s: float = 120.0
+    """A clip whose decoding takes longer is rejected ("decode timeout"); sized for 10 s clips."""
+    decode_memory_mb: Optional[int] = None
+    """Address-space cap of each decoder child process (None = no cap)."""
+    io_retries: int = 2
+    """Retries of a clip after a transient I/O error before it is rejected."""
+    latent_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Storage type of the latents in the shards (statistics are accumulated in float64 either way)."""
+    resource_wait_s: float = 0.0
+    """Wait this long for missing cluster resources (autoscaling clusters); 0 = refuse at once."""
 
 
 @dataclass

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import numpy as np
 import pyarrow.parquet as pq
 import torch
 from torch import Tensor
@@ -24,8 +23,8 @@ from dfm_video.config import Config, load_config
 from dfm_video.data.sampler import ResumableSampler
 from dfm_video.data.schema import (
     CONFIG_FILE,
-    LATENT_DTYPE,
     DatasetInfo,
+    decode_level,
     level_column,
     level_shape_column,
     read_shard_meta,
@@ -36,9 +35,11 @@ from dfm_video.dfm import LevelStats, decompose, level_shapes, recompose, standa
 class ShardDataset(Dataset):
     """Random access to clips: index -> (levels as stored, label id). Keeps a few row groups cached."""
 
-    def __init__(self, index: list[tuple[Path, int, int]], num_levels: int, cache_groups: int = 4) -> None:
+    def __init__(self, index: list[tuple[Path, int, int]], num_levels: int, cache_groups: int = 4,
+                 dtypes: Optional[dict[Path, str]] = None) -> None:
         self.index = index  # (shard path, row group, row within group)
         self.num_levels = num_levels
+        self.dtypes = dtypes or {}  # latent storage dtype per shard (float32 when absent)
         self.cache_groups = cache_groups
         self._cache: OrderedDict[tuple[Path, int], dict[str, list]] = OrderedDict()
 
@@ -60,8 +61,7 @@ class ShardDataset(Dataset):
         g = self._group(path, group)
         levels = []
         for s in range(self.num_levels):
-            arr = np.frombuffer(g[level_column(s)][row], dtype=LATENT_DTYPE).reshape(g[level_shape_column(s)][row])
-            levels.append(torch.from_numpy(arr.astype(np.float32)))
+            levels.append(decode_level(g[level_column(s)][row], g[level_shape_column(s)][row], self.dtypes.get(path, "float32")))
         return levels, int(g["label_id"][row])
 
 
@@ -162,8 +162,10 @@ def open_training_data(cfg: Config, source: str = "config") -> TrainingData:
     codec = info.autoencoder
     index: list[tuple[Path, int, int]] = []
     shapes: list[tuple] = []
+    dtypes: dict[Path, str] = {}
     for path in info.shards:
         meta = read_shard_meta(path)
+        dtypes[path] = meta.latent_dtype
         if meta.autoencoder.get("id") != codec.get("id"):
             raise ValueError(f"{path}: encoded with autoencoder '{meta.autoencoder.get('id')}', the dataset with '{codec.get('id')}'")
         pf = pq.ParquetFile(path)
@@ -219,7 +221,7 @@ def open_training_data(cfg: Config, source: str = "config") -> TrainingData:
     return TrainingData(
         cfg=cfg,
         info=info,
-        dataset=ShardDataset(index, len(stored)),
+        dataset=ShardDataset(index, len(stored), dtypes=dtypes),
         latent_shape=finest,
         channels=channels,
         stats=stats,

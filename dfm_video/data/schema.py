@@ -16,8 +16,11 @@ A dataset directory (written by `data_pipeline.preprocess`) holds:
 Shard columns (Parquet): key (string, unique in the dataset), label (string, "" = unlabelled),
 label_id (int32, -1 = unlabelled), split, source_path, fps (float32, rate of the sampled frames;
 0 for images), source_fps, frame_indices (list<int32>, source frame of each sampled frame), and
-for each pyramid level s = 0..S-1 (coarse to fine) `level_{s}` (large_binary: the (C, T, H, W)
-latent as raw little-endian float32, C-order) plus `level_{s}_shape` (list<int32> = [C, T, H, W]).
+source_height, source_width (int32, the displayed size of the source video, after rotation;
+absent in shards written before issue 11: read as 0), and for each pyramid level s = 0..S-1
+(coarse to fine) `level_{s}` (large_binary: the (C, T, H, W) latent as raw little-endian values of
+the shard's `latent_dtype`, float32 / float16 / bfloat16, C-order) plus `level_{s}_shape`
+(list<int32> = [C, T, H, W]). One clip per row group: a random training read pulls one clip.
 Latents are the codec's scaled latents BEFORE per-level standardisation; the trainer standardises
 with stats.json. Raw bytes decode with one `np.frombuffer` (no per-element Arrow work), and level
 columns are stored uncompressed (float noise does not compress) so reading is memory-bound.
@@ -61,7 +64,7 @@ MANIFEST_FILE = "manifest.json"
 REJECTS_FILE = "rejects.parquet"
 CONFIG_FILE = "config.yaml"
 META_KEY = b"dfm_video.shard"
-LATENT_DTYPE = "<f4"  # little-endian float32, whatever the host
+LATENT_DTYPE = "<f4"  # storage of float32 shards (kept for readers that import it); see STORAGE
 
 # Clip columns, in file order; the level columns follow.
 CLIP_FIELDS = [
@@ -73,7 +76,13 @@ CLIP_FIELDS = [
     pa.field("fps", pa.float32()),
     pa.field("source_fps", pa.float32()),
     pa.field("frame_indices", pa.list_(pa.int32())),
+    pa.field("source_height", pa.int32()),
+    pa.field("source_width", pa.int32()),
 ]
+# Columns added after the first shards were written: old shards lack them, readers use these defaults.
+OPTIONAL_DEFAULTS = {"source_height": 0, "source_width": 0}
+# Raw little-endian storage of each latent dtype (bfloat16 travels as its 16-bit pattern).
+STORAGE = {"float32": "<f4", "float16": "<f2", "bfloat16": "<i2"}
 
 REJECT_SCHEMA = pa.schema(
     [
@@ -82,6 +91,7 @@ REJECT_SCHEMA = pa.schema(
         pa.field("stage", pa.string()),  # source | decode | encode
         pa.field("reason", pa.string()),  # short category, e.g. "too short"
         pa.field("detail", pa.string()),  # the full message
+        pa.field("run_id", pa.string()),  # the run that made the record ("" in parts written before it existed)
     ]
 )
 
@@ -122,6 +132,8 @@ class Sample:
     source_fps: float
     frame_indices: list[int]
     levels: list[Tensor]
+    source_height: int = 0
+    source_width: int = 0
 
 
 @dataclass
@@ -160,8 +172,28 @@ class ShardMeta:
         return LevelMoments.from_dict(self.latent_moments) if self.latent_moments else None
 
 
-def _level_bytes(x: Tensor) -> bytes:
-    return np.ascontiguousarray(x.detach().cpu().to(torch.float32).numpy(), dtype=LATENT_DTYPE).tobytes()
+def storage_round(x: Tensor, dtype: str) -> Tensor:
+    """`x` as stored in a shard of `dtype`, back in float32 (what statistics must see)."""
+    return x.detach().cpu().to(getattr(torch, dtype)).to(torch.float32)
+
+
+def _level_bytes(x: Tensor, dtype: str = "float32") -> bytes:
+    if dtype not in STORAGE:
+        raise ValueError(f"latent dtype '{dtype}' is not one of {sorted(STORAGE)}")
+    t = x.detach().cpu().to(getattr(torch, dtype)).contiguous()
+    if dtype == "bfloat16":
+        t = t.view(torch.int16)
+    return np.ascontiguousarray(t.numpy(), dtype=STORAGE[dtype]).tobytes()
+
+
+def decode_level(buf: bytes, shape: Sequence[int], dtype: str = "float32") -> Tensor:
+    """Raw level bytes of a shard -> a writable float32 (C, T, H, W) tensor."""
+    if dtype not in STORAGE:
+        raise ValueError(f"shard latent dtype '{dtype}' is unknown to this code (knows {sorted(STORAGE)})")
+    arr = np.frombuffer(buf, dtype=STORAGE[dtype]).reshape(shape)
+    if dtype == "bfloat16":
+        return torch.from_numpy(arr.astype(np.int16)).view(torch.bfloat16).to(torch.float32)  # astype: native order
+    return torch.from_numpy(arr.astype(np.float32))  # astype copies: writable, native order
 
 
 def samples_to_table(samples: Sequence[Sample], meta: ShardMeta) -> pa.Table:
@@ -176,7 +208,7 @@ def samples_to_table(samples: Sequence[Sample], meta: ShardMeta) -> pa.Table:
         for s, x in enumerate(smp.levels):
             if list(x.shape) != list(meta.level_shapes[s]):
                 raise ValueError(f"sample '{smp.key}' level {s} has shape {list(x.shape)}, the shard expects {meta.level_shapes[s]}")
-            columns[level_column(s)].append(_level_bytes(x))
+            columns[level_column(s)].append(_level_bytes(x, meta.latent_dtype))
             columns[level_shape_column(s)].append(list(x.shape))
     schema = shard_schema(n_levels).with_metadata({META_KEY: meta.to_json().encode()})
     return pa.table(columns, schema=schema)
@@ -193,14 +225,13 @@ def tmp_path_for(final: Path) -> Path:
     return final.with_name(f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
 
 
-def write_table_atomic(table: pa.Table, path: str | Path, uncompressed: Sequence[str] = ()) -> Path:
+def write_table_atomic(table: pa.Table, path: str | Path, uncompressed: Sequence[str] = (), row_group_size: int = 16) -> Path:
     """Write a Parquet file under a temporary name, then rename: readers see all of it or nothing."""
     final = Path(path)
     tmp = tmp_path_for(final)
     compression = {name: ("none" if name in uncompressed else "zstd") for name in table.column_names}
     try:
-        # Small row groups let a reader fetch a few clips without reading the whole shard.
-        pq.write_table(table, tmp, compression=compression, row_group_size=16)
+        pq.write_table(table, tmp, compression=compression, row_group_size=row_group_size)
         _fsync_replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -210,7 +241,8 @@ def write_table_atomic(table: pa.Table, path: str | Path, uncompressed: Sequence
 def write_shard(path: str | Path, samples: Sequence[Sample], meta: ShardMeta) -> Path:
     """Atomically write one shard (temporary file + fsync + rename)."""
     table = samples_to_table(samples, meta)
-    return write_table_atomic(table, path, uncompressed=[level_column(s) for s in range(meta.num_levels)])
+    # One clip per row group: a random training read fetches exactly one clip's bytes.
+    return write_table_atomic(table, path, uncompressed=[level_column(s) for s in range(meta.num_levels)], row_group_size=1)
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
@@ -232,23 +264,21 @@ def read_shard_meta(path: str | Path) -> ShardMeta:
     return ShardMeta.from_json(md[META_KEY], path)
 
 
-def _rows_to_samples(table: pa.Table, n_levels: int) -> Iterator[Sample]:
+def _rows_to_samples(table: pa.Table, n_levels: int, dtype: str = "float32") -> Iterator[Sample]:
     cols = {name: table.column(name).to_pylist() for name in table.column_names}
+    for name, default in OPTIONAL_DEFAULTS.items():
+        cols.setdefault(name, [default] * table.num_rows)
     for i in range(table.num_rows):
-        levels = []
-        for s in range(n_levels):
-            shape = cols[level_shape_column(s)][i]
-            arr = np.frombuffer(cols[level_column(s)][i], dtype=LATENT_DTYPE).reshape(shape)
-            levels.append(torch.from_numpy(arr.astype(np.float32)))  # astype copies: writable, native order
+        levels = [decode_level(cols[level_column(s)][i], cols[level_shape_column(s)][i], dtype) for s in range(n_levels)]
         yield Sample(**{f.name: cols[f.name][i] for f in CLIP_FIELDS}, levels=levels)
 
 
 def iter_samples(path: str | Path) -> Iterator[Sample]:
-    """Samples of one shard, one row group (16 clips) in memory at a time."""
+    """Samples of one shard, one row group in memory at a time."""
     meta = read_shard_meta(path)
     pf = pq.ParquetFile(path)
     for g in range(pf.num_row_groups):
-        yield from _rows_to_samples(pf.read_row_group(g), meta.num_levels)
+        yield from _rows_to_samples(pf.read_row_group(g), meta.num_levels, meta.latent_dtype)
 
 
 def read_shard(path: str | Path) -> list[Sample]:
@@ -280,7 +310,16 @@ def read_rejects(root: str | Path) -> pa.Table:
     parts = [p for p in parts if not p.name.startswith(TMP_PREFIX)]
     if not parts:
         return REJECT_SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(p, schema=REJECT_SCHEMA) for p in parts])
+    return pa.concat_tables([read_rejects_part(p) for p in parts])
+
+
+def read_rejects_part(path: str | Path) -> pa.Table:
+    """One rejects part in REJECT_SCHEMA (parts written before `run_id` existed get run_id "")."""
+    table = pq.read_table(path)
+    for f in REJECT_SCHEMA:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.array([""] * table.num_rows, f.type))
+    return table.select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -1,0 +1,227 @@
+"""Per-clip fault isolation: every clip is decoded in a child process the caller can kill.
+
+Native decoders can hang (decord spins on some files whose header over-reports the frame count)
+or crash the process (a segfault in FFmpeg). Inside a Ray task either would hang the job or fail
+it after Ray's retries, and the same clip would fail again on every resume. Here each decode runs
+in a long-lived child process (one per slot, recycled after `recycle_after` clips to bound native
+memory growth) and the parent waits at most `timeout_s`:
+- no answer in time            -> the child is killed: reject "decode timeout after N s";
+- the child died of a signal    -> reject "decoder crashed: SIGSEGV" (the signal's name);
+- MemoryError under the cap     -> reject "decoder out of memory" (cap: RLIMIT_AS of the child);
+- a transient I/O error         -> retried `io_retries` times (backoff), then reject "I/O error".
+The job always goes on. Children come from a `forkserver` (a clean process with the decoders
+imported once), never from a fork of the multi-threaded Ray worker.
+
+Test hook (tests only, never set in production): DecodeParams.fault_hook, filled by the driver
+from the environment variable DFM_TEST_DECODE_HOOK = "name=action,name=action" where name is a
+file's base name and action one of hang | segv | oom | eio. It acts inside the child, so the real
+isolation machinery handles the real failure.
+"""
+
+from __future__ import annotations
+
+import errno
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from data_pipeline.decode import ClipRejected, DecodeParams, Decoded, TransientIOError, decode_clip
+
+TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EINTR, errno.ECONNRESET,
+                    errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH}
+
+
+@dataclass(frozen=True)
+class IsolationSettings:
+    timeout_s: float = 120.0
+    memory_mb: Optional[int] = None
+    io_retries: int = 2
+    recycle_after: int = 200  # clips per child before a fresh one (native leaks stay bounded)
+    retry_backoff_s: float = 0.2
+
+
+def _apply_hook(path: str, hook: str) -> None:
+    for part in filter(None, hook.split(",")):
+        name, _, action = part.partition("=")
+        if os.path.basename(path) != name:
+            continue
+        if action == "hang":
+            time.sleep(10**6)
+        elif action == "segv":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        elif action == "oom":
+            bytearray(1 << 40)  # 1 TiB: beyond any cap -> MemoryError
+        elif action == "eio":
+            raise OSError(errno.EIO, "Input/output error (test hook)", path)
+
+
+def _child_main(conn: Any, memory_mb: Optional[int], threads: int) -> None:
+    """Child loop: (path, is_image, params) -> ("ok", Decoded) | ("reject", reason, detail) | ("transient", detail)."""
+    import resource
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when a child ends
+    # A crash must end the child at once, with its signal as the exit status: no inherited
+    # fault handler (faulthandler, a library's backtrace printer) may catch it and linger.
+    for sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT):
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        import faulthandler
+
+        faulthandler.disable()
+    except Exception:
+        pass
+    torch.set_num_threads(max(1, threads))
+    if memory_mb:
+        cap = int(memory_mb) << 20
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    while True:
+        try:
+            req = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if req is None:
+            return
+        path, is_image, params = req
+        try:
+            _apply_hook(path, params.fault_hook)
+            msg: tuple = ("ok", decode_clip(path, is_image, params))
+        except ClipRejected as exc:
+            msg = ("reject", exc.reason, exc.detail)
+        except TransientIOError as exc:
+            msg = ("transient", str(exc))
+        except MemoryError as exc:
+            msg = ("reject", "decoder out of memory", f"{path}: decoder exceeded decode_memory_mb={memory_mb}: {exc!r}")
+        except OSError as exc:
+            if exc.errno in TRANSIENT_ERRNOS:
+                msg = ("transient", f"{path}: {exc}")
+            else:
+                msg = ("reject", "I/O error", f"{path}: {exc}")
+        except Exception as exc:  # an unforeseen decoder error is still a bad clip, not a dead job
+            msg = ("reject", "decode error", f"{path}: {type(exc).__name__}: {exc}")
+        try:
+            conn.send(msg)
+        except MemoryError:
+            conn.send(("reject", "decoder out of memory", f"{path}: result too large for decode_memory_mb={memory_mb}"))
+
+
+_CTX_LOCK = threading.Lock()
+_CTX: Any = None
+
+
+def _context() -> Any:
+    global _CTX
+    with _CTX_LOCK:
+        if _CTX is None:
+            ctx = mp.get_context("forkserver")
+            ctx.set_forkserver_preload(["data_pipeline.isolate", "data_pipeline.decode", "numpy", "torch", "av", "decord"])
+            _CTX = ctx
+        return _CTX
+
+
+class DecoderProcess:
+    """One child process decoding one clip at a time; replaced after a crash, a timeout or `recycle_after` clips."""
+
+    def __init__(self, settings: IsolationSettings, threads: int) -> None:
+        self.settings, self.threads = settings, threads
+        self.proc: Any = None
+        self.conn: Any = None
+        self.used = 0
+
+    def _start(self) -> None:
+        ctx = _context()
+        parent, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_child_main, args=(child, self.settings.memory_mb, self.threads), daemon=True)
+        self.proc.start()
+        child.close()
+        self.conn, self.used = parent, 0
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc.join(timeout=5)
+            self.conn.close()
+        self.proc = self.conn = None
+
+    def decode_once(self, path: str, is_image: bool, params: DecodeParams) -> tuple:
+        if self.proc is None or not self.proc.is_alive() or self.used >= self.settings.recycle_after:
+            self.stop()
+            self._start()
+        self.used += 1
+        timeout = self.settings.timeout_s
+        hung = False
+        try:
+            self.conn.send((path, is_image, params))
+            if self.conn.poll(timeout):
+                return self.conn.recv()
+            hung = True
+        except (EOFError, OSError, BrokenPipeError):
+            pass  # the child died: its exit status says how
+        if hung:  # no answer in time
+            self.stop()
+            return ("reject", f"decode timeout after {timeout:g} s", f"{path}: decoding took longer than "
+                    f"preprocess.decode_timeout_s={timeout:g} s; the decoder process was killed")
+        self.proc.join(timeout=5)
+        code = self.proc.exitcode
+        self.stop()
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name
+            return ("reject", f"decoder crashed: {name}", f"{path}: the decoder process died of {name} (signal {-code})")
+        return ("reject", "decoder crashed", f"{path}: the decoder process exited with status {code}")
+
+    def decode(self, path: str, is_image: bool, params: DecodeParams) -> Decoded | ClipRejected:
+        """Decoded frames, or the `ClipRejected` that says why not (never raises for a bad clip)."""
+        for attempt in range(self.settings.io_retries + 1):
+            msg = self.decode_once(path, is_image, params)
+            if msg[0] == "ok":
+                return msg[1]
+            if msg[0] == "reject":
+                return ClipRejected(msg[1], msg[2])
+            if attempt < self.settings.io_retries:
+                time.sleep(self.settings.retry_backoff_s * 2**attempt)
+        return ClipRejected("I/O error", f"{msg[1]} (still failing after {self.settings.io_retries} retries)")
+
+
+class DecodePool:
+    """`workers` decoder processes driven by as many threads (the GIL is released while waiting)."""
+
+    def __init__(self, settings: IsolationSettings, workers: int, threads: int = 1) -> None:
+        self.procs = [DecoderProcess(settings, threads) for _ in range(max(1, workers))]
+        self.free: list[DecoderProcess] = list(self.procs)
+        self.lock = threading.Lock()
+        self.executor = ThreadPoolExecutor(max_workers=len(self.procs), thread_name_prefix="decode")
+
+    def _one(self, path: str, is_image: bool, params: DecodeParams) -> Decoded | ClipRejected:
+        with self.lock:
+            proc = self.free.pop()
+        try:
+            return proc.decode(path, is_image, params)
+        finally:
+            with self.lock:
+                self.free.append(proc)
+
+    def decode_many(self, items: Sequence[tuple[str, bool]], params: DecodeParams) -> list[Decoded | ClipRejected]:
+        return list(self.executor.map(lambda it: self._one(it[0], it[1], params), items))
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        for p in self.procs:
+            p.stop()
+
+
+_POOLS: dict[tuple, DecodePool] = {}
+
+
+def shared_pool(settings: IsolationSettings, workers: int, threads: int) -> DecodePool:
+    """One pool per worker process and settings (Ray reuses worker processes across tasks)."""
+    key = (settings, workers, threads)
+    if key not in _POOLS:
+        _POOLS[key] = DecodePool(settings, workers, threads)
+    return _POOLS[key]
