@@ -231,7 +231,7 @@ def test_evaluation_reads_images_as_one_frame_videos_and_only_the_listed_samples
     frames = read_video(tmp_path / "a.png", 1)
     assert frames.shape == (1, 12, 20, 3) and torch.equal(frames[0], torch.from_numpy(pixels["a.png"]))  # PNG is lossless
     assert read_video(tmp_path / "c.jpg", 1).shape == (1, 427, 640, 3)
-    with pytest.raises(ValueError, match="has 1 frames but 2 are needed"):
+    with pytest.raises(ValueError, match="is an image, so clips have 1 frame"):
         read_video(tmp_path / "a.png", 2)
     # a dfm_video.sample output folder: its samples.json names the samples (not the contact sheet)
     (tmp_path / "samples.json").write_text(json.dumps({"samples": ["out/b.png", "out/a.png"], "contact_sheet": "out/contact_sheet.png"}))
