@@ -35,10 +35,11 @@ from fractions import Fraction
 from typing import Any, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from dfm_video.config.schema import PreprocessConfig
+# One rule for training clips and evaluation clips: the resize/crop and the constant-rate frame
+# pick (`pick_by_time` generalises it to variable frame rates) live beside the evaluation reader.
+from dfm_video.media import resize_crop, sample_indices  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 _fallback_logged = False
@@ -80,12 +81,6 @@ class Decoded:
     source_fps: float
     decoder: str
     source_hw: tuple[int, int] = (0, 0)  # displayed size of the source (after rotation)
-
-
-def sample_indices(source_fps: float, num_frames: int, fps: float) -> list[int]:
-    """Constant-rate special case of `pick_by_time`: source frame nearest to each k / fps."""
-    step = source_fps / fps
-    return [int(math.floor(k * step + 0.5)) for k in range(num_frames)]
 
 
 def target_times(p: DecodeParams) -> list[Fraction]:
@@ -238,19 +233,6 @@ def read_image(path: str) -> np.ndarray:
             return np.array(im.convert("RGB"))[None]  # (1, H, W, 3), a writable copy
     except Exception as exc:
         raise ClipRejected("unreadable", f"{path}: not a readable image: {exc}") from exc
-
-
-def resize_crop(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(F, h, w, 3) uint8 -> (F, H, W, 3) uint8: scale so both sides cover (H, W), then centre crop."""
-    th, tw = size
-    _, h, w, _ = frames.shape
-    scale = max(th / h, tw / w)
-    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # channels_last view
-    if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (nh - th) // 2, (nw - tw) // 2
-    return np.ascontiguousarray(x[:, :, top : top + th, left : left + tw].permute(0, 2, 3, 1).numpy())
 
 
 def decode_clip(path: str, is_image: bool, p: DecodeParams) -> Decoded:

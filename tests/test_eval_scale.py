@@ -112,8 +112,7 @@ def test_real_clips_are_cut_like_training_clips(tmp_path: Path) -> None:
         read_video(path, 2, fps=50.0)
     # the same rule as the preprocessing that made the training clips
     decode = pytest.importorskip("data_pipeline.decode")
-    assert decode.sample_indices(29.97, 49, 8.0) == sample_indices(29.97, 49, 8.0)
-    assert np.array_equal(decode.resize_crop(every, (24, 40)), resize_crop(every, (24, 40)))
+    assert np.array_equal(clip, decode.decode_clip(str(path), False, decode.DecodeParams(4, 8.0, (32, 32), "pyav")).frames)
     x = torch.from_numpy(resize_crop(every[:1], (68, 68)))
     assert x.shape == (1, 68, 68, 3) and torch.equal(x[0], torch.from_numpy(every[0, :, 46:114]))  # no scaling: a centre crop
 
