@@ -15,22 +15,34 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from safetensors import safe_open
+
 from train_helpers import BIN, ROOT, cpu_env, deepspeed_cmd, free_port, read_metrics, run
 
 pytestmark = pytest.mark.slow
+
+# Global batch 6 divides over 1, 2 and 3 ranks (micro 6/nproc... here 3 on 2 ranks), so the
+# reference runs can be resumed on other world sizes.
+REF = ("train.steps=24", "train.ckpt_every=8", "distributed.global_batch_size=6", "distributed.micro_batch_size=3")
 
 
 def _overrides(shards: Path, out: Path, *extra: str) -> list[str]:
     return [f"data.shards={shards}", f"train.output_dir={out}", "train.log_every=1", *extra]
 
 
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
 @pytest.fixture(scope="module")
 def reference_runs(tiny_shards, tmp_path_factory):
-    """Uninterrupted 24-step runs under ZeRO-2 and ZeRO-3 (same seed)."""
+    """Uninterrupted 24-step 2-rank runs under ZeRO-2 and ZeRO-3 (same seed); each dumps its whole
+    state (fp32 weights, Adam moments, EMA, LR by name) at every checkpoint into <run>/dump."""
     runs = {}
     for stage in (2, 3):
         out = tmp_path_factory.mktemp(f"ref-zero{stage}")
-        r = run(deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", "train.steps=24", "train.ckpt_every=8")))
+        r = run(deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF)), env={"DFM_TEST_DUMP_STATE": str(out / "dump")})
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         runs[stage] = out
     return runs
@@ -67,29 +79,65 @@ def test_zero3_ema_matches_zero2(reference_runs):
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(reference_runs, tiny_shards, tmp_path, stage):
+def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(reference_runs, tiny_shards, tmp_path, stage):
+    # The save of step 16 pauses after every shard is written but before COMPLETE (test hook): the
+    # SIGKILL lands inside the save. The resume must start from step 8, not from the torn step 16,
+    # and reproduce the uninterrupted run's losses and export bit for bit.
     out = tmp_path / "run"
-    cmd = deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", "train.steps=24", "train.ckpt_every=8"))
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    marker = out / "checkpoints" / "step_00000008" / "COMPLETE"
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    cmd = deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF))
+    env = {**cpu_env(), "DFM_TEST_SAVE_PAUSE": "16:60"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 400
+    torn = out / "checkpoints" / "step_00000016.partial"
+    while not (torn / "ema.safetensors").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert marker.exists(), "the run never wrote its first checkpoint"
-    done_before = max(read_metrics(out))
-    r = run(deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", "train.steps=24", "train.ckpt_every=8"), extra=["--resume", "auto"]))
+    assert (torn / "ema.safetensors").exists(), "the run never reached the save of step 16"
+    assert not (out / "checkpoints" / "step_00000016").exists()
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000008"
+    r = run(deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF), extra=["--resume", "auto"]))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed from" in r.stdout
+    assert f"resumed from {out / 'checkpoints' / 'step_00000008'} at step 8" in r.stdout
+    assert not torn.exists()  # the torn save was cleared by the next one
     got, ref = read_metrics(out), read_metrics(reference_runs[stage])
     assert sorted(got) == list(range(1, 25))
     for s in range(1, 25):
-        assert got[s]["loss/total"] == ref[s]["loss/total"], (s, done_before)
+        assert got[s]["loss/total"] == ref[s]["loss/total"], s
         assert got[s]["grad_norm"] == ref[s]["grad_norm"], s
     a = load_file(str(out / "export" / "model.safetensors"))
     b = load_file(str(reference_runs[stage] / "export" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("stage,nproc", [(2, 1), (2, 3), (3, 1), (3, 3)])
+def test_resume_on_another_world_size(reference_runs, tiny_shards, tmp_path, stage, nproc):
+    # Saved by 2 ranks at step 16; resumed by 1 or 3 (micro batch 3 or 2: the global batch stays 6)
+    # through an automatic DeepSpeed universal checkpoint conversion.
+    ref = reference_runs[stage]
+    out = tmp_path / "resumed"
+    micro = 3 if nproc == 1 else 2
+    cmd = deepspeed_cmd(
+        _overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF, "train.steps=18", f"distributed.micro_batch_size={micro}"),
+        nproc=nproc, extra=["--resume", str(ref / "checkpoints" / "step_00000016")],
+    )
+    r = run(cmd, env={"DFM_TEST_DUMP_STATE": str(out / "dump")})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "to a universal checkpoint" in r.stdout and "at step 16" in r.stdout
+    assert not (out / "checkpoints" / ".universal").exists()
+    # after loading: fp32 master weights, Adam moments and EMA (by name, consolidated) and LR equal the saved ones exactly
+    saved, loaded = _tensors(ref / "dump" / "saved_00000016.safetensors"), _tensors(out / "dump" / "resumed_00000016.safetensors")
+    assert saved.keys() == loaded.keys() and any(k.startswith("exp_avg_sq/") for k in saved) and any(k.startswith("ema/") for k in saved)
+    for k in saved:
+        assert torch.equal(saved[k], loaded[k]), k
+    lr = lambda p: json.loads(p.read_text())["lr"]  # noqa: E731
+    assert lr(out / "dump" / "resumed_00000016.json") == lr(ref / "dump" / "saved_00000016.json")
+    # the next steps continue the 2-rank run: same data, same per-sample random draws
+    got, want = read_metrics(out), read_metrics(ref)
+    for s in (17, 18):
+        assert got[s]["loss/total"] == pytest.approx(want[s]["loss/total"], rel=1e-6, abs=1e-7), s
+        assert got[s]["grad_norm"] == pytest.approx(want[s]["grad_norm"], rel=1e-5), s
+    assert json.loads((out / "checkpoints" / "step_00000018" / "meta.json").read_text())["world_size"] == nproc
 
 
 def test_flow_matching_baseline_trains_in_the_same_trainer(tiny_shards, tmp_path):
@@ -126,21 +174,38 @@ def test_shards_that_do_not_fit_the_model_are_refused_before_training(tiny_shard
     assert r.returncode == 2 and "dfm.standardize=false" in r.stderr
 
 
-def test_a_non_finite_loss_is_skipped_and_counted(tiny_shards, tmp_path):
-    out = tmp_path / "nan1"
-    r = run(deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=6"), extra=["--fail-at-step", "3", "--fail-times", "1"]))
+@pytest.mark.parametrize("stage", [2, 3])
+def test_non_finite_loss_and_gradient_steps_are_skipped(tiny_shards, tmp_path, stage):
+    # step 2: NaN loss (loss path); step 4: finite loss, infinite gradients (gradient path)
+    out = tmp_path / "nan"
+    r = run(
+        deepspeed_cmd(
+            _overrides(tiny_shards, out, f"distributed.zero_stage={stage}", "train.steps=5", "train.ckpt_every=1", "train.keep_last=9"),
+            extra=["--fail-at-step", "2", "--fail-grad-at-step", "4"],
+        ),
+        env={"DFM_TEST_DUMP_STATE": str(out / "dump")},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "non-finite loss at step 3" in r.stderr
+    assert "non-finite loss at step 2" in r.stderr and "non-finite gradients at step 4" in r.stderr
     m = read_metrics(out)
-    assert m[6]["train/nonfinite_skipped"] == 1.0 and all(math.isfinite(m[s]["loss/total"]) for s in m)
+    assert m[5]["train/nonfinite_skipped"] == 2.0 and math.isfinite(m[4]["loss/total"]) and math.isfinite(m[5]["loss/total"])
+    dumps = {s: _tensors(out / "dump" / f"saved_{s:08d}.safetensors") for s in range(1, 6)}
+    lrs = {s: json.loads((out / "dump" / f"saved_{s:08d}.json").read_text())["lr"] for s in range(1, 6)}
+    for before, skipped in ((1, 2), (3, 4)):  # weights, moments, EMA and LR schedule all stand still
+        assert all(torch.equal(dumps[before][k], dumps[skipped][k]) for k in dumps[before]), skipped
+        assert lrs[before] == lrs[skipped]
+    for before, applied in ((2, 3), (4, 5)):
+        ema = [k for k in dumps[before] if k.startswith("ema/")]
+        assert not all(torch.equal(dumps[before][k], dumps[applied][k]) for k in ema), applied
+        assert lrs[before] != lrs[applied]
     assert all(torch.isfinite(v).all() for v in load_file(str(out / "export" / "model.safetensors")).values())
 
 
-def test_consecutive_non_finite_losses_stop_the_run_naming_the_step(tiny_shards, tmp_path):
+def test_consecutive_non_finite_steps_stop_the_run_naming_the_step(tiny_shards, tmp_path):
     out = tmp_path / "nan3"
-    r = run(deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=6", "train.max_nonfinite=3"), extra=["--fail-at-step", "4", "--fail-times", "99"]))
-    assert r.returncode != 0
-    assert "stopping at step 4: 3 consecutive non-finite losses" in r.stderr
+    r = run(deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=8", "train.max_nonfinite=3"), extra=["--fail-at-step", "4", "--fail-times", "3"]))
+    assert r.returncode == 3
+    assert "stopping at step 6: 3 consecutive skipped steps" in r.stderr
 
 
 def test_two_torchrun_nodes_train_together(tiny_shards, tmp_path):

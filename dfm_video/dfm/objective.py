@@ -28,6 +28,16 @@ def drop_labels(y: Tensor, p: float, null_class: int, generator: torch.Generator
     return torch.where(drop, torch.full_like(y, null_class), y)
 
 
+def sample_generators(seed: int, first_sample: int, count: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per sample, seeded by (seed, global sample position): world-size independent draws."""
+    gens = []
+    for i in range(count):
+        g = torch.Generator(device=device)
+        g.manual_seed(seed * 1_000_003 + first_sample + i)
+        gens.append(g)
+    return gens
+
+
 def dfm_objective(
     model: VelocityModel,
     levels: Sequence[Tensor],

@@ -155,9 +155,9 @@ def save_checkpoint(engine: Any, root: Path, step: int, meta: dict, ema: Any, ke
     del ema_full
     _barrier()
     if rank == 0:
-        pause = float(os.environ.get("DFM_TEST_SAVE_PAUSE_S", "0"))  # test hook: a window to SIGKILL a save in flight
-        if pause > 0:
-            time.sleep(pause)
+        hook = os.environ.get("DFM_TEST_SAVE_PAUSE", "")  # test hook "STEP:SECONDS": a window to SIGKILL a save in flight
+        if hook and int(hook.split(":")[0]) == step:
+            time.sleep(float(hook.split(":")[1]))
         _fsync_tree(partial)
         with open(partial / COMPLETE, "w") as f:
             f.write(f"{step}\n")

@@ -22,9 +22,11 @@ import torch.distributed as dist
 from dfm_video.config import Config, config_to_dict, save_config
 from dfm_video.data.loader import open_training_data
 from dfm_video.dfm import TimestepParams, dfm_objective
+from dfm_video.dfm.objective import sample_generators
 from dfm_video.models import build_model
 from dfm_video.models.flops import training_flops
 from dfm_video.models.patch import stage_patch_sizes, token_grid
+from dfm_video.train import state_dump
 from dfm_video.train.checkpoint import save_checkpoint
 from dfm_video.train.ds_config import build_deepspeed_config, gradient_accumulation_steps
 from dfm_video.train.ema import EMA
@@ -37,16 +39,6 @@ from dfm_video.train.resume_guard import check_shared_run_dir, clear_run, data_f
 from dfm_video.train.step_guard import CheckpointTrigger, FaultInjection, NonFiniteLossError, NonFiniteSteps, all_finite
 
 __all__ = ["NonFiniteLossError", "train"]
-
-
-def sample_generators(seed: int, first_sample: int, count: int, device: torch.device) -> list[torch.Generator]:
-    """One generator per sample, seeded by (train.seed, global sample position)."""
-    gens = []
-    for i in range(count):
-        g = torch.Generator(device=device)
-        g.manual_seed(seed * 1_000_003 + first_sample + i)
-        gens.append(g)
-    return gens
 
 
 def _peak_memory_gib(device: torch.device) -> float:
@@ -100,9 +92,16 @@ def train(
     ema = EMA(engine.module, cfg.train.ema_decay)
     model_dtype = torch.bfloat16 if cfg.distributed.precision == "bf16" else torch.float32
 
+    dump_dir = os.environ.get("DFM_TEST_DUMP_STATE")  # test hook: whole state after each save / resume
+
+    def dump_state(kind: str) -> None:
+        if dump_dir:
+            state_dump.dump(engine, ema, scheduler, Path(dump_dir) / f"{kind}_{step:08d}.safetensors", rank)
+
     step, consumed = 0, 0
     if plan.checkpoint is not None:
         step, consumed = restore(plan, engine, ema, optimizer, scheduler, ckpt_root, cfg.optim.lr, rank)
+        dump_state("resumed")
 
     batches = data.batches(rank=rank, world_size=world, start=consumed, device=device)
     params = TimestepParams.from_config(cfg.dfm)
@@ -168,6 +167,7 @@ def train(
         if save:
             save_checkpoint(engine, ckpt_root, step, checkpoint_meta(), ema, cfg.train.keep_last, rank)
             trigger.saved()
+            dump_state("saved")
         if stop:
             if rank == 0:
                 print(f"SIGTERM: saved checkpoint at step {step}; stopping (resume with --resume auto)", flush=True)
