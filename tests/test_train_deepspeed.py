@@ -226,3 +226,45 @@ def test_two_torchrun_nodes_train_together(tiny_shards, tmp_path):
     m = read_metrics(out)
     assert sorted(m) == [1, 2, 3, 4]
     assert "step 4" in outs[0][0] and "step 4" not in outs[1][0]  # only global rank 0 logs
+
+
+def test_resume_guards_refuse_corrupting_changes_and_apply_allowed_ones(reference_runs, tiny_shards, tmp_path):
+    ref = reference_runs[2]
+    before = sorted(p.name for p in ref.rglob("*"))
+    # a fresh run into a used folder, and corrupting changes: refused before any process group, nothing written
+    r = run(deepspeed_cmd(_overrides(tiny_shards, ref, *REF), nproc=1, extra=["--resume", "none"]))
+    assert r.returncode == 2 and "already holds a run" in r.stderr and "--overwrite" in r.stderr
+    r = run(deepspeed_cmd(_overrides(tiny_shards, ref, *REF, "train.seed=1", "model.depth=3", "optim.lr=5e-4"), nproc=1))
+    assert r.returncode == 2
+    for line in ("train.seed: 0 -> 1", "model.depth: 2 -> 3", "optim.lr: 0.001 -> 0.0005 (deliberate: pass --allow-change optim.lr"):
+        assert line in r.stderr, r.stderr[-2000:]
+    assert sorted(p.name for p in ref.rglob("*")) == before
+    # a deliberate change with its flag takes effect: the LR after warm-up is the new one
+    out = tmp_path / "lr"
+    cmd = deepspeed_cmd(
+        _overrides(tiny_shards, out, *REF, "train.steps=17", "optim.lr=5e-4"), nproc=1,
+        extra=["--resume", str(ref / "checkpoints" / "step_00000016"), "--allow-change", "optim.lr"],
+    )
+    r = run(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "config change on resume: optim.lr: 0.001 -> 0.0005 (allowed by --allow-change)" in r.stderr
+    assert read_metrics(out)[17]["lr"] == 5e-4 and read_metrics(ref)[17]["lr"] == 1e-3
+    history = sorted((out / "config_history").glob("*.yaml"))
+    assert len(history) == 1 and "# changed: optim.lr" in history[0].read_text()
+
+
+def test_sigterm_and_wall_clock_cadence_checkpoint(tiny_shards, tmp_path):
+    # ckpt_every is out of reach: every checkpoint comes from the wall-clock cadence or the SIGTERM.
+    out = tmp_path / "term"
+    cmd = deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=100000", "train.ckpt_every=100000", "train.ckpt_every_minutes=0.01"))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    latest = out / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert latest.exists(), "no wall-clock checkpoint was written"
+    os.killpg(proc.pid, signal.SIGTERM)
+    log = proc.communicate(timeout=120)[0]
+    last = max(read_metrics(out))
+    assert f"SIGTERM: saved checkpoint at step {last}" in log, log[-3000:]
+    assert latest.read_text().strip() == f"step_{last:08d}" and (out / "checkpoints" / f"step_{last:08d}" / "COMPLETE").is_file()
