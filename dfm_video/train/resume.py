@@ -10,6 +10,7 @@ DeepSpeed state must go through a universal checkpoint (another world size or Ze
 from __future__ import annotations
 
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -73,10 +74,9 @@ def plan_start(
         allow_change,
         source=f"checkpoint {path}",
     )
-    if path.parent.resolve() != ckpt_root.resolve():
-        later = [t for t in _tags(ckpt_root) if t > path.name]
-        if later:
-            changes.append(f"note: {ckpt_root} holds later checkpoints ({', '.join(later)}) that this run will replace")
+    later = [t for t in _tags(ckpt_root) if t > path.name]
+    if later:  # a rollback: say so, since these will be replaced as the run reaches their steps
+        changes.append(f"note: {ckpt_root} holds later checkpoints ({', '.join(later)}) that this run will replace")
     return StartPlan(path, meta, needs_universal(meta, world_size, zero_stage), changes)
 
 
@@ -117,10 +117,40 @@ def restore(plan: StartPlan, engine: Any, ema: Any, optimizer: Any, scheduler: A
     return plan.step, int(plan.meta["samples_consumed"])
 
 
+def collective_device() -> torch.device:
+    """NCCL reduces CUDA tensors only; gloo CPU ones."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_ranks_ok(ok: bool) -> bool:
     """True when every rank passes True (a collective and a barrier in one)."""
     if not (dist.is_available() and dist.is_initialized()):
         return ok
-    flag = torch.tensor([1.0 if ok else 0.0])
+    flag = torch.tensor([1.0 if ok else 0.0], device=collective_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item() > 0)
+
+
+def check_shared_run_dir(out_dir: Path, rank: int) -> None:
+    """Rank 0 writes a fresh token into the run folder; every rank must read the same one back, so
+    a multi-node run whose output_dir is not one shared folder stops with a clear message (collective)."""
+    token_file = out_dir / ".run_token"
+    token = [uuid.uuid4().hex if rank == 0 else None]
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        token_file.write_text(token[0])
+    dist.broadcast_object_list(token, src=0)
+    dist.barrier()
+    try:
+        seen = token_file.read_text().strip()
+    except OSError:
+        seen = "<missing>"
+    ok = torch.tensor([1.0 if seen == token[0] else 0.0], device=collective_device())
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    if ok.item() < 1:
+        raise ValueError(
+            f"train.output_dir={out_dir} is not the same folder on every rank (rank {rank} reads token {seen!r}, "
+            f"rank 0 wrote {token[0]!r}): checkpoints need one folder shared by all nodes (see docs/training.md)"
+        )

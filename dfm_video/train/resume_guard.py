@@ -114,34 +114,6 @@ def clear_run(out_dir: Path) -> list[str]:
     return found
 
 
-def check_shared_run_dir(out_dir: Path, rank: int) -> None:
-    """Rank 0 writes a fresh token into the run folder; every rank must read the same one back, so
-    a multi-node run whose output_dir is not one shared folder stops with a clear message (collective)."""
-    import uuid
-
-    import torch
-    import torch.distributed as dist
-
-    token_file = out_dir / ".run_token"
-    token = [uuid.uuid4().hex if rank == 0 else None]
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        token_file.write_text(token[0])
-    dist.broadcast_object_list(token, src=0)
-    dist.barrier()
-    try:
-        seen = token_file.read_text().strip()
-    except OSError:
-        seen = "<missing>"
-    ok = torch.tensor([1.0 if seen == token[0] else 0.0])
-    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    if ok.item() < 1:
-        raise ValueError(
-            f"train.output_dir={out_dir} is not the same folder on every rank (rank {rank} reads token {seen!r}, "
-            f"rank 0 wrote {token[0]!r}): checkpoints need one folder shared by all nodes (see docs/training.md)"
-        )
-
-
 def record_config(out_dir: Path, cfg_dict: dict, step: int, changes: list[str]) -> Path:
     """config.yaml is the current config; config_history/ keeps one file per start, with the changes."""
     hist = out_dir / "config_history"

@@ -34,8 +34,8 @@ from dfm_video.train.engine import create_engine, init_distributed
 from dfm_video.train.export import export_weights
 from dfm_video.train.lr_schedule import lr_multiplier
 from dfm_video.train.metrics import MetricAccumulator, MetricWriter
-from dfm_video.train.resume import plan_start, restore
-from dfm_video.train.resume_guard import check_shared_run_dir, clear_run, data_fingerprint, record_config
+from dfm_video.train.resume import check_shared_run_dir, plan_start, restore
+from dfm_video.train.resume_guard import clear_run, data_fingerprint, record_config
 from dfm_video.train.step_guard import CheckpointTrigger, FaultInjection, NonFiniteLossError, NonFiniteSteps, all_finite
 
 __all__ = ["NonFiniteLossError", "train"]
