@@ -115,7 +115,8 @@ class Variant:
         return float(torch.stack(losses).float().mean())
 
     def close(self) -> None:
-        del self.engine, self.ema, self.levels
+        # the scheduler holds the optimizer, which holds the fp32 master weights and Adam moments
+        del self.engine, self.ema, self.scheduler, self.levels
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
