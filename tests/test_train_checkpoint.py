@@ -145,7 +145,8 @@ def test_plan_start_guards_the_run_folder(tmp_path):
     plan = plan_start(cfg, "abc", "auto", tmp_path, 2, 2)
     assert plan.step == 8 and not plan.universal
     assert plan_start(cfg, "abc", "auto", tmp_path, 3, 2).universal  # another world size
-    assert plan_start(cfg, "abc", "auto", tmp_path, 2, 3).universal  # another ZeRO stage
+    with pytest.raises(ValueError, match="written under ZeRO-2, this run uses distributed.zero_stage=3"):
+        plan_start(cfg, "abc", "auto", tmp_path, 2, 3)
     with pytest.raises(ValueError, match="data.fingerprint"):
         plan_start(cfg, "other-data", "auto", tmp_path, 2, 2)
     assert len(list((tmp_path / "config_history").glob("*.yaml"))) == 1

@@ -68,6 +68,14 @@ def plan_start(
     else:
         path = Path(resume)
     meta = read_meta(path)
+    if int(meta["zero_stage"]) != zero_stage:
+        # Measured with DeepSpeed 0.19.8: a universal checkpoint of a ZeRO-3 run does not load under
+        # ZeRO-2 (the loader looks for model-states files the other stage names differently).
+        raise ValueError(
+            f"checkpoint {path} was written under ZeRO-{meta['zero_stage']}, this run uses distributed.zero_stage={zero_stage}: "
+            f"changing the ZeRO stage on resume is not supported; resume with distributed.zero_stage={meta['zero_stage']} "
+            "(the world size may change)"
+        )
     changes = compare_configs(
         with_fingerprint(meta["config"], meta.get("data_fingerprint", "<absent>")),
         with_fingerprint(cfg_dict, fingerprint),

@@ -4,7 +4,7 @@ On resume the checkpoint's stored config (meta.json) is compared with the new on
 - corrupting changes (the model, the DFM objective, the data and its fingerprint, the global batch,
   the seed) are refused, with every difference listed: the weights, the data position or the
   random stream would no longer mean what they meant;
-- harmless ones (steps, logging, checkpoint cadence, micro batch, ZeRO stage, workers) are allowed
+- harmless ones (steps, logging, checkpoint cadence, micro batch, workers) are allowed
   and logged;
 - deliberate ones (learning rate and its schedule, clipping, EMA decay) need
   `--allow-change KEY` (or a prefix such as `optim`) and then take effect (`apply_optim_changes`);
@@ -27,7 +27,7 @@ CORRUPTING = ("model.", "dfm.", "data.shards", "data.shuffle", "data.fingerprint
 HARMLESS = (
     "name", "train.steps", "train.log_every", "train.ckpt_every", "train.ckpt_every_minutes", "train.keep_last",
     "train.tensorboard", "train.output_dir", "train.max_nonfinite", "train.peak_tflops", "train.measured_peak_tflops", "data.num_workers",
-    "distributed.micro_batch_size", "distributed.zero_stage", "distributed.backend", "distributed.offload_optimizer",
+    "distributed.micro_batch_size", "distributed.backend", "distributed.offload_optimizer",
     "distributed.deepspeed_overrides", "sample.",
 )
 DELIBERATE = (

@@ -1,4 +1,4 @@
-"""Resume on another world size or ZeRO stage through DeepSpeed's universal checkpoints.
+"""Resume on another world size through DeepSpeed's universal checkpoints (same ZeRO stage: resume.py refuses a change).
 
 A checkpoint stores the world size and ZeRO stage it was written with (meta.json). When the
 resuming run differs in either, rank 0 converts the DeepSpeed part with
