@@ -268,3 +268,21 @@ def test_sigterm_and_wall_clock_cadence_checkpoint(tiny_shards, tmp_path):
     last = max(read_metrics(out))
     assert f"SIGTERM: saved checkpoint at step {last}" in log, log[-3000:]
     assert latest.read_text().strip() == f"step_{last:08d}" and (out / "checkpoints" / f"step_{last:08d}" / "COMPLETE").is_file()
+
+
+def test_a_run_folder_not_shared_by_all_nodes_is_refused(tiny_shards, tmp_path):
+    # Two torchrun "nodes" whose train.output_dir differ stand in for a non-shared folder.
+    port = free_port()
+    procs = []
+    for node in range(2):
+        cmd = [
+            str(BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
+            "--master_addr", "127.0.0.1", "--master_port", str(port), "dfm_video/train.py", "--config", "tiny.yaml",
+        ]
+        for o in _overrides(tiny_shards, tmp_path / f"node{node}", "train.steps=2"):
+            cmd += ["--set", o]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode != 0 for p in procs)
+    assert "is not the same folder on every rank" in outs[0][1] + outs[1][1], outs[1][1][-2000:]
+    assert not (tmp_path / "node0" / "metrics.jsonl").exists()
