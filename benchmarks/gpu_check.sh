@@ -8,7 +8,9 @@
 #
 # Sections: bench_step (the DiT3D-XL training step at the k700 shape: kernels torch vs triton,
 # FM vs DFM, attention backends, compiled blocks if time allows; ms/step, TFLOP/s, MFU), then
-# bench_kernels (each fused op alone: Triton vs eager vs torch.compile).
+# bench_kernels (each fused op alone: Triton vs eager vs torch.compile), then bench_deepspeed (the
+# ZeRO-2 engine on DiT3D-XL, old vs new DeepSpeed settings, save/load round trip; needs the
+# deepspeed wheel on PYTHONPATH; one process, no launcher; ~100 s, cap 150 s).
 # Time: the whole script stays under $GPU_CHECK_BUDGET_S (450 s): the tests get at most 150 s,
 # each section at most its cap (bench_step 200 s, others $SECTION_TIMEOUT = 300 s) and never more
 # than what is left; a section is told its share in $GPU_CHECK_SECTION_BUDGET_S (bench_step skips
@@ -23,8 +25,9 @@ PY="${PYTHON:-$(command -v python || command -v python3)}"
 SECTIONS=(
   benchmarks.bench_step
   benchmarks.bench_kernels
+  benchmarks.bench_deepspeed
 )
-declare -A CAP=([benchmarks.bench_step]=200)  # seconds; the rest get ${SECTION_TIMEOUT:-300}
+declare -A CAP=([benchmarks.bench_step]=200 [benchmarks.bench_deepspeed]=150)  # seconds; the rest get ${SECTION_TIMEOUT:-300}
 TOTAL="${GPU_CHECK_BUDGET_S:-450}"
 status=0
 start=$SECONDS

@@ -72,7 +72,6 @@ def test_model_flops_xl_headline_shape() -> None:
     trunk = L * (24 * N * D * D + 4 * N * N * D)
     f = model_flops(cfg, dfm_cfg, (13, 64, 64))
     assert trunk < f < 1.01 * trunk
-    assert training_flops(cfg, dfm_cfg, (13, 64, 64)) == 3 * f
 
 
 def test_registry_sizes_are_dits() -> None:

@@ -87,11 +87,19 @@ def test_coarse_level_is_the_lowpass_and_residuals_carry_no_lowpass_of_a_constan
 
 
 def test_partial_recompose_gives_the_coarse_image():
+    # Reference: plain block means of x (the spec's down()), not the module's own downsample.
+    # recompose(levels[:2]) telescopes to whatever level 2 was built from, so the coarse level
+    # itself is checked too, and a corrupted coarse level must change the partial image.
     x = torch.randn(1, 2, 1, 16, 16, dtype=torch.float64)
     factors = [(1, 2, 2), (1, 2, 2)]
     levels = decompose(x, factors)
+    block_mean = lambda k: x.reshape(1, 2, 1, 16 // k, k, 16 // k, k).mean(dim=(4, 6))  # noqa: E731
+    assert torch.allclose(levels[0], block_mean(4), atol=1e-12)
+    assert torch.allclose(recompose(levels[:1], []), block_mean(4), atol=1e-12)
     two = recompose(levels[:2], factors[:1])
-    assert torch.allclose(two, downsample(x, (1, 2, 2)), atol=1e-12)
+    assert torch.allclose(two, block_mean(2), atol=1e-12)
+    bumped = recompose([levels[0] + 1.0, levels[1]], factors[:1])
+    assert torch.allclose(bumped, block_mean(2) + 1.0, atol=1e-12)  # bilinear up of a constant is that constant
 
 
 @pytest.mark.parametrize(

@@ -15,22 +15,34 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from safetensors import safe_open
+
 from train_helpers import BIN, ROOT, cpu_env, deepspeed_cmd, free_port, read_metrics, run
 
 pytestmark = pytest.mark.slow
+
+# Global batch 6 divides over 1, 2 and 3 ranks (micro 6/nproc... here 3 on 2 ranks), so the
+# reference runs can be resumed on other world sizes.
+REF = ("train.steps=24", "train.ckpt_every=8", "distributed.global_batch_size=6", "distributed.micro_batch_size=3")
 
 
 def _overrides(shards: Path, out: Path, *extra: str) -> list[str]:
     return [f"data.shards={shards}", f"train.output_dir={out}", "train.log_every=1", *extra]
 
 
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
 @pytest.fixture(scope="module")
 def reference_runs(tiny_shards, tmp_path_factory):
-    """Uninterrupted 24-step runs under ZeRO-2 and ZeRO-3 (same seed)."""
+    """Uninterrupted 24-step 2-rank runs under ZeRO-2 and ZeRO-3 (same seed); each dumps its whole
+    state (fp32 weights, Adam moments, EMA, LR by name) at every checkpoint into <run>/dump."""
     runs = {}
     for stage in (2, 3):
         out = tmp_path_factory.mktemp(f"ref-zero{stage}")
-        r = run(deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", "train.steps=24", "train.ckpt_every=8")))
+        r = run(deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF)), env={"DFM_TEST_DUMP_STATE": str(out / "dump")})
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         runs[stage] = out
     return runs
@@ -67,29 +79,65 @@ def test_zero3_ema_matches_zero2(reference_runs):
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(reference_runs, tiny_shards, tmp_path, stage):
+def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(reference_runs, tiny_shards, tmp_path, stage):
+    # The save of step 16 pauses after every shard is written but before COMPLETE (test hook): the
+    # SIGKILL lands inside the save. The resume must start from step 8, not from the torn step 16,
+    # and reproduce the uninterrupted run's losses and export bit for bit.
     out = tmp_path / "run"
-    cmd = deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", "train.steps=24", "train.ckpt_every=8"))
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    marker = out / "checkpoints" / "step_00000008" / "COMPLETE"
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    cmd = deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF))
+    env = {**cpu_env(), "DFM_TEST_SAVE_PAUSE": "16:60"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 400
+    torn = out / "checkpoints" / "step_00000016.partial"
+    while not (torn / "ema.safetensors").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert marker.exists(), "the run never wrote its first checkpoint"
-    done_before = max(read_metrics(out))
-    r = run(deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", "train.steps=24", "train.ckpt_every=8"), extra=["--resume", "auto"]))
+    assert (torn / "ema.safetensors").exists(), "the run never reached the save of step 16"
+    assert not (out / "checkpoints" / "step_00000016").exists()
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000008"
+    r = run(deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF), extra=["--resume", "auto"]))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed from" in r.stdout
+    assert f"resumed from {out / 'checkpoints' / 'step_00000008'} at step 8" in r.stdout
+    assert not torn.exists()  # the torn save was cleared by the next one
     got, ref = read_metrics(out), read_metrics(reference_runs[stage])
     assert sorted(got) == list(range(1, 25))
     for s in range(1, 25):
-        assert got[s]["loss/total"] == ref[s]["loss/total"], (s, done_before)
+        assert got[s]["loss/total"] == ref[s]["loss/total"], s
         assert got[s]["grad_norm"] == ref[s]["grad_norm"], s
     a = load_file(str(out / "export" / "model.safetensors"))
     b = load_file(str(reference_runs[stage] / "export" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("stage,nproc", [(2, 1), (2, 3), (3, 1), (3, 3)])
+def test_resume_on_another_world_size(reference_runs, tiny_shards, tmp_path, stage, nproc):
+    # Saved by 2 ranks at step 16; resumed by 1 or 3 (micro batch 3 or 2: the global batch stays 6)
+    # through an automatic DeepSpeed universal checkpoint conversion.
+    ref = reference_runs[stage]
+    out = tmp_path / "resumed"
+    micro = 3 if nproc == 1 else 2
+    cmd = deepspeed_cmd(
+        _overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF, "train.steps=18", f"distributed.micro_batch_size={micro}"),
+        nproc=nproc, extra=["--resume", str(ref / "checkpoints" / "step_00000016")],
+    )
+    r = run(cmd, env={"DFM_TEST_DUMP_STATE": str(out / "dump")})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "to a universal checkpoint" in r.stdout and "at step 16" in r.stdout
+    assert not (out / "checkpoints" / ".universal").exists()
+    # after loading: fp32 master weights, Adam moments and EMA (by name, consolidated) and LR equal the saved ones exactly
+    saved, loaded = _tensors(ref / "dump" / "saved_00000016.safetensors"), _tensors(out / "dump" / "resumed_00000016.safetensors")
+    assert saved.keys() == loaded.keys() and any(k.startswith("exp_avg_sq/") for k in saved) and any(k.startswith("ema/") for k in saved)
+    for k in saved:
+        assert torch.equal(saved[k], loaded[k]), k
+    lr = lambda p: json.loads(p.read_text())["lr"]  # noqa: E731
+    assert lr(out / "dump" / "resumed_00000016.json") == lr(ref / "dump" / "saved_00000016.json")
+    # the next steps continue the 2-rank run: same data, same per-sample random draws
+    got, want = read_metrics(out), read_metrics(ref)
+    for s in (17, 18):
+        assert got[s]["loss/total"] == pytest.approx(want[s]["loss/total"], rel=1e-6, abs=1e-7), s
+        assert got[s]["grad_norm"] == pytest.approx(want[s]["grad_norm"], rel=1e-5), s
+    assert json.loads((out / "checkpoints" / "step_00000018" / "meta.json").read_text())["world_size"] == nproc
 
 
 def test_flow_matching_baseline_trains_in_the_same_trainer(tiny_shards, tmp_path):
@@ -126,21 +174,38 @@ def test_shards_that_do_not_fit_the_model_are_refused_before_training(tiny_shard
     assert r.returncode == 2 and "dfm.standardize=false" in r.stderr
 
 
-def test_a_non_finite_loss_is_skipped_and_counted(tiny_shards, tmp_path):
-    out = tmp_path / "nan1"
-    r = run(deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=6"), extra=["--fail-at-step", "3", "--fail-times", "1"]))
+@pytest.mark.parametrize("stage", [2, 3])
+def test_non_finite_loss_and_gradient_steps_are_skipped(tiny_shards, tmp_path, stage):
+    # step 2: NaN loss (loss path); step 4: finite loss, infinite gradients (gradient path)
+    out = tmp_path / "nan"
+    r = run(
+        deepspeed_cmd(
+            _overrides(tiny_shards, out, f"distributed.zero_stage={stage}", "train.steps=5", "train.ckpt_every=1", "train.keep_last=9"),
+            extra=["--fail-at-step", "2", "--fail-grad-at-step", "4"],
+        ),
+        env={"DFM_TEST_DUMP_STATE": str(out / "dump")},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "non-finite loss at step 3" in r.stderr
+    assert "non-finite loss at step 2" in r.stderr and "non-finite gradients at step 4" in r.stderr
     m = read_metrics(out)
-    assert m[6]["train/nonfinite_skipped"] == 1.0 and all(math.isfinite(m[s]["loss/total"]) for s in m)
+    assert m[5]["train/nonfinite_skipped"] == 2.0 and math.isfinite(m[4]["loss/total"]) and math.isfinite(m[5]["loss/total"])
+    dumps = {s: _tensors(out / "dump" / f"saved_{s:08d}.safetensors") for s in range(1, 6)}
+    lrs = {s: json.loads((out / "dump" / f"saved_{s:08d}.json").read_text())["lr"] for s in range(1, 6)}
+    for before, skipped in ((1, 2), (3, 4)):  # weights, moments, EMA and LR schedule all stand still
+        assert all(torch.equal(dumps[before][k], dumps[skipped][k]) for k in dumps[before]), skipped
+        assert lrs[before] == lrs[skipped]
+    for before, applied in ((2, 3), (4, 5)):
+        ema = [k for k in dumps[before] if k.startswith("ema/")]
+        assert not all(torch.equal(dumps[before][k], dumps[applied][k]) for k in ema), applied
+        assert lrs[before] != lrs[applied]
     assert all(torch.isfinite(v).all() for v in load_file(str(out / "export" / "model.safetensors")).values())
 
 
-def test_consecutive_non_finite_losses_stop_the_run_naming_the_step(tiny_shards, tmp_path):
+def test_consecutive_non_finite_steps_stop_the_run_naming_the_step(tiny_shards, tmp_path):
     out = tmp_path / "nan3"
-    r = run(deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=6", "train.max_nonfinite=3"), extra=["--fail-at-step", "4", "--fail-times", "99"]))
-    assert r.returncode != 0
-    assert "stopping at step 4: 3 consecutive non-finite losses" in r.stderr
+    r = run(deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=8", "train.max_nonfinite=3"), extra=["--fail-at-step", "4", "--fail-times", "3"]))
+    assert r.returncode == 3
+    assert "stopping at step 6: 3 consecutive skipped steps" in r.stderr
 
 
 def test_two_torchrun_nodes_train_together(tiny_shards, tmp_path):
@@ -161,3 +226,63 @@ def test_two_torchrun_nodes_train_together(tiny_shards, tmp_path):
     m = read_metrics(out)
     assert sorted(m) == [1, 2, 3, 4]
     assert "step 4" in outs[0][0] and "step 4" not in outs[1][0]  # only global rank 0 logs
+
+
+def test_resume_guards_refuse_corrupting_changes_and_apply_allowed_ones(reference_runs, tiny_shards, tmp_path):
+    ref = reference_runs[2]
+    before = sorted(p.name for p in ref.rglob("*"))
+    # a fresh run into a used folder, and corrupting changes: refused before any process group, nothing written
+    r = run(deepspeed_cmd(_overrides(tiny_shards, ref, *REF), nproc=1, extra=["--resume", "none"]))
+    assert r.returncode == 2 and "already holds a run" in r.stderr and "--overwrite" in r.stderr
+    r = run(deepspeed_cmd(_overrides(tiny_shards, ref, *REF, "train.seed=1", "model.depth=3", "optim.lr=5e-4"), nproc=1))
+    assert r.returncode == 2
+    for line in ("train.seed: 0 -> 1", "model.depth: 2 -> 3", "optim.lr: 0.001 -> 0.0005 (deliberate: pass --allow-change optim.lr"):
+        assert line in r.stderr, r.stderr[-2000:]
+    assert sorted(p.name for p in ref.rglob("*")) == before
+    # a deliberate change with its flag takes effect: the LR after warm-up is the new one
+    out = tmp_path / "lr"
+    cmd = deepspeed_cmd(
+        _overrides(tiny_shards, out, *REF, "train.steps=17", "optim.lr=5e-4"), nproc=1,
+        extra=["--resume", str(ref / "checkpoints" / "step_00000016"), "--allow-change", "optim.lr"],
+    )
+    r = run(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "config change on resume: optim.lr: 0.001 -> 0.0005 (allowed by --allow-change)" in r.stderr
+    assert read_metrics(out)[17]["lr"] == 5e-4 and read_metrics(ref)[17]["lr"] == 1e-3
+    history = sorted((out / "config_history").glob("*.yaml"))
+    assert len(history) == 1 and "# changed: optim.lr" in history[0].read_text()
+
+
+def test_sigterm_and_wall_clock_cadence_checkpoint(tiny_shards, tmp_path):
+    # ckpt_every is out of reach: every checkpoint comes from the wall-clock cadence or the SIGTERM.
+    out = tmp_path / "term"
+    cmd = deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=100000", "train.ckpt_every=100000", "train.ckpt_every_minutes=0.01"))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    latest = out / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert latest.exists(), "no wall-clock checkpoint was written"
+    os.killpg(proc.pid, signal.SIGTERM)
+    log = proc.communicate(timeout=120)[0]
+    last = max(read_metrics(out))
+    assert f"SIGTERM: saved checkpoint at step {last}" in log, log[-3000:]
+    assert latest.read_text().strip() == f"step_{last:08d}" and (out / "checkpoints" / f"step_{last:08d}" / "COMPLETE").is_file()
+
+
+def test_a_run_folder_not_shared_by_all_nodes_is_refused(tiny_shards, tmp_path):
+    # Two torchrun "nodes" whose train.output_dir differ stand in for a non-shared folder.
+    port = free_port()
+    procs = []
+    for node in range(2):
+        cmd = [
+            str(BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
+            "--master_addr", "127.0.0.1", "--master_port", str(port), "dfm_video/train.py", "--config", "tiny.yaml",
+        ]
+        for o in _overrides(tiny_shards, tmp_path / f"node{node}", "train.steps=2"):
+            cmd += ["--set", o]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode != 0 for p in procs)
+    assert "is not the same folder on every rank" in outs[0][1] + outs[1][1], outs[1][1][-2000:]
+    assert not (tmp_path / "node0" / "metrics.jsonl").exists()

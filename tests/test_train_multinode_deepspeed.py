@@ -24,6 +24,8 @@ rsync, pdsh. It skips only when it cannot run (not Linux, or not root with one o
 
 from __future__ import annotations
 
+import json
+
 import os
 import shutil
 import signal
@@ -121,7 +123,7 @@ def test_deepspeed_hostfile_launch_trains_on_two_nodes(tiny_shards, tmp_path):
         assert sorted(m) == list(range(1, STEPS + 1)), sorted(m)
         ckpt = out / "checkpoints" / f"step_{STEPS:08d}"
         assert (ckpt / "COMPLETE").is_file()
-        assert sorted(p.name for p in ckpt.glob("ema_rank*.pt")) == ["ema_rank00000.pt", "ema_rank00001.pt"]
+        assert (ckpt / "ema.safetensors").is_file() and json.loads((ckpt / "meta.json").read_text())["world_size"] == 2
         assert sorted(p.name for p in ckpt.glob("zero_pp_rank_*_optim_states.pt")) == [
             "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
         assert (out / "export" / "model.safetensors").is_file()

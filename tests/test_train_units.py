@@ -99,3 +99,29 @@ def test_objective_is_zero_for_the_oracle_velocity_and_reproducible():
     assert torch.equal(a.loss, b.loss) and a.loss > 0
     with pytest.raises(ValueError, match="2 stages"):
         dfm_objective(oracle, levels[:1], torch.arange(4), params, class_dropout=0.0, null_class=9)
+
+
+def test_per_sample_generators_make_draws_independent_of_micro_batch_grouping():
+    # What a resume on another world size relies on: the same global sample positions give the same
+    # stage, t, noise and label dropout whether they come as one micro-batch of 4 or two of 2.
+    from dfm_video.dfm.objective import sample_generators
+
+    cfg = load_config(None, ["dfm.stage_probs=[0.5,0.5]"])
+    params = TimestepParams.from_config(cfg.dfm)
+    levels = [torch.randn(4, 3, 1, 4, 4), torch.randn(4, 3, 1, 8, 8)]
+    y = torch.arange(4)
+    seen = []
+
+    def model(x, t, active, y_in):
+        seen.append((torch.cat([v.flatten(1) for v in x], 1), t, active, y_in))
+        return [v * 0 for v in x]
+
+    dfm_objective(model, levels, y, params, class_dropout=0.5, null_class=9, generator=sample_generators(7, 100, 4, torch.device("cpu")))
+    for start in (0, 2):
+        part = [v[start : start + 2] for v in levels]
+        dfm_objective(model, part, y[start : start + 2], params, class_dropout=0.5, null_class=9,
+                      generator=sample_generators(7, 100 + start, 2, torch.device("cpu")))
+    whole, halves = seen[0], [torch.cat(z) for z in zip(*seen[1:])]
+    for a, b in zip(whole, halves):
+        assert torch.equal(a, b)
+    assert not torch.equal(whole[1][0], whole[1][1])  # each sample has its own draws

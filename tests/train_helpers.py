@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -47,8 +47,9 @@ def deepspeed_cmd(overrides: Sequence[str], *, nproc: int = 2, config: str = "ti
     return cmd + list(extra)
 
 
-def run(cmd: Sequence[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(list(cmd), cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=timeout)
+def run(cmd: Sequence[str], timeout: float = 600, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """`env`: extra variables (test hooks such as DFM_TEST_DUMP_STATE) on top of cpu_env()."""
+    return subprocess.run(list(cmd), cwd=ROOT, env={**cpu_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
 def read_metrics(run_dir: Path) -> dict[int, dict]:

@@ -9,7 +9,7 @@ written twice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 
 @dataclass
@@ -146,6 +146,8 @@ class DistributedConfig:
     sequence_parallel: int = 1
     """Ranks that share one batch and split its tokens (DeepSpeed-Ulysses); must divide the world
     size, the attention heads and the tokens per sample. Data parallelism runs across the groups."""
+    deepspeed_overrides: Any = None
+    """A DeepSpeed JSON fragment (monitor, communication buckets, ...) merged into the generated config, validated."""
 
 
 @dataclass
@@ -168,10 +170,14 @@ class TrainConfig:
     """EMA decay of the weights used for sampling."""
     max_nonfinite: int = 5
     """Stop after this many consecutive steps with a non-finite loss."""
-    peak_tflops: float = 752.0
-    """Dense bf16 peak per device for MFU (H100 measured: 752, H200: 786)."""
+    peak_tflops: float = 989.0
+    """Datasheet dense bf16 peak per device for MFU, as the field reports it (H100/H200 SXM: 989)."""
     tensorboard: bool = True
     """Write TensorBoard event files."""
+    ckpt_every_minutes: float = 0.0
+    """Also checkpoint when this many minutes passed since the last one (0 = only every ckpt_every steps)."""
+    measured_peak_tflops: float = 752.0
+    """Measured dense bf16 matmul peak per device, a second MFU column (H100: 752, H200: 786; PLATFORM_NOTES)."""
 
 
 @dataclass

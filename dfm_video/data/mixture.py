@@ -198,6 +198,11 @@ class MixtureData:
     def channels(self) -> int:
         return self.buckets[0].data.channels
 
+    @property
+    def dataset(self) -> MixedDataset:
+        """Every bucket's samples end to end (its length enters the run's data fingerprint)."""
+        return MixedDataset([b.data.dataset for b in self.buckets])
+
     def sampler(self, *, rank: int, world_size: int, start: int) -> MixtureBatchSampler:
         return MixtureBatchSampler(
             [len(b.data.dataset) for b in self.buckets], self.schedule, micro_batch=self.cfg.distributed.micro_batch_size,
@@ -208,7 +213,7 @@ class MixtureData:
         """Endless micro-batches for this rank from global sample position `start` (one bucket each)."""
         workers = self.cfg.data.num_workers
         loader = DataLoader(
-            MixedDataset([b.data.dataset for b in self.buckets]),
+            self.dataset,
             batch_sampler=self.sampler(rank=rank, world_size=world_size, start=start),
             num_workers=workers,
             collate_fn=_collate,

@@ -1,39 +1,99 @@
 """Crash-safe checkpoints: `<run>/checkpoints/step_XXXXXXXX/`, last K kept, `latest` pointer.
 
 A checkpoint is written under `step_XXXXXXXX.partial/` by every rank (DeepSpeed's model, optimizer
-and ZeRO shards, plus one EMA file per rank), then rank 0 renames the folder to its final name and
-rewrites `latest` atomically. A crash at any moment leaves the previous complete checkpoint and at
-worst a `.partial` folder that is ignored and removed by the next save.
+and ZeRO shards), plus, once, by rank 0: the EMA as whole float32 tensors (`ema.safetensors`) and
+`meta.json` (step, samples consumed, world size, ZeRO stage, config, dataset metadata). Rank 0 then
+fsyncs every file, writes `COMPLETE`, renames the folder to its final name, fsyncs the parent and
+rewrites `latest` atomically. `latest` is the source of truth for `--resume auto`: a crash at any
+moment leaves the previous `latest` checkpoint whole, and a `.partial` folder that is ignored and
+removed by the next save. Pruning renames a folder to `.deleting` before removing it, so a crash
+mid-delete never leaves a half-deleted folder with a valid name.
+
+Nothing here unpickles: meta.json is JSON and the EMA is safetensors. DeepSpeed's own
+`load_checkpoint` does unpickle its files (torch.load with weights_only=False): resume only from
+run folders you trust.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 _TAG_RE = re.compile(r"^step_(\d{8})$")
+META = "meta.json"
+EMA_FILE = "ema.safetensors"
+COMPLETE = "COMPLETE"
 
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def step_of(tag: str) -> int:
+    m = _TAG_RE.match(tag)
+    if not m:
+        raise ValueError(f"{tag!r} is not a checkpoint tag (step_XXXXXXXX)")
+    return int(m.group(1))
+
+
+def is_complete(path: Path) -> bool:
+    return path.is_dir() and (path / COMPLETE).is_file()
+
+
 def complete_tags(root: Path) -> list[str]:
     """Complete checkpoint tags under root, oldest first."""
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and _TAG_RE.match(p.name) and (p / "COMPLETE").is_file())
+    return sorted(p.name for p in root.iterdir() if _TAG_RE.match(p.name) and is_complete(p))
 
 
 def latest_tag(root: Path) -> Optional[str]:
-    tags = complete_tags(root)
-    return tags[-1] if tags else None
+    """The tag named by `root/latest` (None for a run without checkpoints); ValueError if it is unusable.
+
+    Never falls back to "the highest step on disk": after a rollback that may be another run's.
+    """
+    root = Path(root)
+    pointer = root / "latest"
+    if not pointer.is_file():
+        found = complete_tags(root)
+        if found:
+            raise ValueError(
+                f"{root} holds checkpoints ({', '.join(found)}) but no 'latest' pointer: "
+                f"resume from one explicitly with --resume {root / found[-1]}"
+            )
+        return None
+    tag = pointer.read_text().strip()
+    if not _TAG_RE.match(tag):
+        raise ValueError(f"{pointer} names {tag!r}, not a checkpoint tag")
+    if not is_complete(root / tag):
+        raise ValueError(f"{pointer} names {tag}, but {root / tag} is missing or has no {COMPLETE} marker")
+    return tag
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    """fsync every file and folder under path (on a shared file system this flushes rank 0's view;
+    each writer's close() already pushed its own data)."""
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            _fsync_path(Path(dirpath) / f)
+        _fsync_path(Path(dirpath))
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -43,6 +103,35 @@ def _atomic_write(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+def remove_dir(path: Path) -> None:
+    """Delete a folder so that no crash leaves it half-deleted under a valid name."""
+    if not path.exists():
+        return
+    doomed = path.with_name(path.name + ".deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    _fsync_path(path.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def prune(root: Path, keep_last: int, just_written: str) -> list[str]:
+    """Keep `just_written` and the newest keep_last - 1 complete checkpoints BEFORE it; returns the removed tags.
+
+    Checkpoints with a later step (left by a run that was rolled back) are neither counted nor
+    removed here: `latest` never names them, and a save at their step replaces them.
+    """
+    step = step_of(just_written)
+    older = [t for t in complete_tags(root) if step_of(t) < step]
+    doomed = older[: max(len(older) - (keep_last - 1), 0)]
+    for t in doomed:
+        remove_dir(root / t)
+    for stale in list(root.glob("*.partial")) + list(root.glob("*.deleting")):
+        if stale.name != just_written:
+            shutil.rmtree(stale, ignore_errors=True)
+    return doomed
 
 
 def _barrier() -> None:
@@ -50,73 +139,79 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save_checkpoint(
-    engine: Any, root: Path, step: int, client_state: dict, ema_state: dict, keep_last: int, rank: int
-) -> Path:
-    """Write a complete checkpoint for `step` (collective: call on every rank)."""
+def save_checkpoint(engine: Any, root: Path, step: int, meta: dict, ema: Any, keep_last: int, rank: int) -> Path:
+    """Write a complete checkpoint for `step` (collective: call on every rank). `meta` must be JSON-able."""
     tag = tag_for(step)
-    partial = tag + ".partial"
+    partial = root / (tag + ".partial")
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(root / partial, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
     _barrier()
-    engine.save_checkpoint(str(root), tag=partial, client_state=client_state, save_latest=False)
-    ema_path = root / partial / f"ema_rank{rank:05d}.pt"
-    torch.save(ema_state, ema_path.with_suffix(".tmp"))
-    os.replace(ema_path.with_suffix(".tmp"), ema_path)
+    engine.save_checkpoint(str(root), tag=partial.name, client_state={"step": step}, save_latest=False)
+    ema_full = ema.gather_to_rank0()  # collective under ZeRO-3; {} off rank 0
+    if rank == 0:
+        save_file({k: v.contiguous() for k, v in ema_full.items()}, str(partial / EMA_FILE))
+        (partial / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    del ema_full
     _barrier()
     if rank == 0:
-        (root / partial / "COMPLETE").write_text(f"{step}\n")
-        if (root / tag).exists():  # a previous run of the same step (e.g. resumed twice): replace it
-            shutil.rmtree(root / tag)
-        os.replace(root / partial, root / tag)
+        hook = os.environ.get("DFM_TEST_SAVE_PAUSE", "")  # test hook "STEP:SECONDS": a window to SIGKILL a save in flight
+        if hook and int(hook.split(":")[0]) == step:
+            time.sleep(float(hook.split(":")[1]))
+        _fsync_tree(partial)
+        with open(partial / COMPLETE, "w") as f:
+            f.write(f"{step}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_path(partial)
+        if (root / tag).exists():  # an earlier timeline's checkpoint of the same step (after a rollback)
+            remove_dir(root / tag)
+        os.replace(partial, root / tag)
+        _fsync_path(root)
         _atomic_write(root / "latest", tag + "\n")
-        for old in complete_tags(root)[:-keep_last]:
-            shutil.rmtree(root / old, ignore_errors=True)
-        for stale in root.glob("*.partial"):
-            shutil.rmtree(stale, ignore_errors=True)
+        prune(root, keep_last, tag)
     _barrier()
     return root / tag
 
 
-def load_checkpoint(engine: Any, root: Path, tag: str, rank: int) -> tuple[dict, dict]:
-    """Restore engine state; returns (client_state, this rank's EMA state)."""
-    path = root / tag
-    if not (path / "COMPLETE").is_file():
-        raise ValueError(f"checkpoint {path} is incomplete or missing (no COMPLETE marker)")
-    ema_path = path / f"ema_rank{rank:05d}.pt"
-    if not ema_path.is_file():
-        raise ValueError(f"checkpoint {path} has no EMA shard for rank {rank}: was it written with another world size?")
-    load_path, client_state = engine.load_checkpoint(str(root), tag=tag)
-    if load_path is None:
-        raise ValueError(f"DeepSpeed could not load checkpoint {path}")
-    return client_state or {}, torch.load(ema_path, map_location="cpu", weights_only=False)
-
-
-def read_checkpoint_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict, bool]:
-    """EMA weights of a DeepSpeed checkpoint folder, without DeepSpeed or a process group.
-
-    Returns (weights by name, config dict, dataset meta, partitioned). Whole-tensor EMAs (ZeRO 0-2) come as they are; under
-    ZeRO-3 the per-rank flat partitions are concatenated in rank order and returned flat, and the
-    caller cuts them to each parameter's numel and shape (it knows them from the model).
-    """
+def read_meta(path: Path) -> dict:
+    """meta.json of a complete checkpoint folder; ValueError naming the folder if anything is off."""
     path = Path(path)
-    if not (path / "COMPLETE").is_file():
-        raise ValueError(f"{path} is not a complete dfm-video checkpoint (no COMPLETE marker)")
-    states = sorted(path.glob("*mp_rank_00_model_states.pt"))
-    emas = sorted(path.glob("ema_rank*.pt"))
-    if not states or not emas:
-        raise ValueError(f"{path}: missing {'model states' if not states else 'EMA shards'}; is this a dfm-video checkpoint?")
+    if not is_complete(path):
+        raise ValueError(f"checkpoint {path} is incomplete or missing (no {COMPLETE} marker)")
     try:
-        client = torch.load(states[0], map_location="cpu", weights_only=False)
-        shards = [torch.load(p, map_location="cpu", weights_only=False) for p in emas]
-    except Exception as exc:  # truncated or corrupt pickle / zip
-        raise ValueError(f"{path}: cannot read checkpoint files ({exc})") from exc
-    if "config" not in client or "dataset_meta" not in client:
-        raise ValueError(f"{path}: checkpoint lacks the resolved config or dataset metadata")
-    names = shards[0]["names"]
-    if shards[0]["partitioned"]:
-        weights = {n: torch.cat([s["shadow"][i].flatten() for s in shards]) for i, n in enumerate(names)}
-    else:
-        weights = dict(zip(names, shards[0]["shadow"]))
-    return weights, client["config"], client["dataset_meta"], bool(shards[0]["partitioned"])
+        meta = json.loads((path / META).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"checkpoint {path}: cannot read {META} ({exc}); was it written by this version of dfm-video?") from exc
+    for key in ("step", "samples_consumed", "world_size", "zero_stage", "config", "dataset_meta"):
+        if key not in meta:
+            raise ValueError(f"checkpoint {path}: {META} lacks {key!r}")
+    return meta
+
+
+def read_ema(path: Path) -> dict:
+    """The whole-tensor EMA of a checkpoint folder (safetensors: no unpickling); ValueError if missing or truncated."""
+    f = Path(path) / EMA_FILE
+    if not f.is_file():
+        raise ValueError(f"checkpoint {path} has no {EMA_FILE}")
+    try:
+        with safe_open(str(f), framework="pt", device="cpu") as h:
+            return {k: h.get_tensor(k) for k in h.keys()}
+    except Exception as exc:  # safetensors raises its own error types for truncated headers / data
+        raise ValueError(f"checkpoint {path}: cannot read {EMA_FILE} ({exc})") from exc
+
+
+def load_engine_state(engine: Any, load_dir: Path, tag: str) -> None:
+    """DeepSpeed's load (it unpickles: trusted folders only); ValueError instead of a None path."""
+    load_path, _ = engine.load_checkpoint(str(load_dir), tag=tag)
+    if load_path is None:
+        raise ValueError(f"DeepSpeed could not load checkpoint {Path(load_dir) / tag}")
+
+
+def read_checkpoint_weights(path: Path) -> tuple[dict, dict, dict, bool]:
+    """EMA weights of a checkpoint folder, without DeepSpeed, a process group or unpickling.
+
+    Returns (whole float32 weights by name, config dict, dataset meta, partitioned=False).
+    """
+    meta = read_meta(path)
+    return read_ema(path), meta["config"], meta["dataset_meta"], False

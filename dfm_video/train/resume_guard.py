@@ -1,0 +1,142 @@
+"""What may change between a checkpoint and the run that resumes it, and the run-directory guards.
+
+On resume the checkpoint's stored config (meta.json) is compared with the new one, key by key:
+- corrupting changes (the model, the DFM objective, the data and its fingerprint, the global batch,
+  the seed) are refused, with every difference listed: the weights, the data position or the
+  random stream would no longer mean what they meant;
+- harmless ones (steps, logging, checkpoint cadence, micro batch, workers) are allowed
+  and logged;
+- deliberate ones (learning rate and its schedule, clipping, EMA decay) need
+  `--allow-change KEY` (or a prefix such as `optim`) and then take effect (`apply_optim_changes`);
+- anything else is refused as a corrupting change unless allowed explicitly, so a new config field
+  is never silently ignored.
+The run directory keeps every config it ran with under `config_history/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+CORRUPTING = ("model.", "dfm.", "data.shards", "data.mix", "data.shuffle", "data.fingerprint", "distributed.global_batch_size", "train.seed")
+HARMLESS = (
+    "name", "train.steps", "train.log_every", "train.ckpt_every", "train.ckpt_every_minutes", "train.keep_last",
+    "train.tensorboard", "train.output_dir", "train.max_nonfinite", "train.peak_tflops", "train.measured_peak_tflops", "data.num_workers",
+    "distributed.micro_batch_size", "distributed.backend", "distributed.offload_optimizer",
+    "distributed.deepspeed_overrides", "sample.",
+    # the same math on another layout (tests/test_sequence_parallel.py: equal losses and gradients)
+    "distributed.sequence_parallel",
+    "preprocess.",  # read by data_pipeline only; the shards themselves are fingerprinted
+)
+DELIBERATE = (
+    "optim.lr", "optim.warmup_steps", "optim.schedule", "optim.min_lr_ratio", "optim.grad_clip", "train.ema_decay",
+    "distributed.precision",
+)
+RUN_ARTIFACTS = ("checkpoints", "metrics.jsonl", "tensorboard", "export", "config_history", "config.yaml")
+
+
+def _matches(key: str, patterns: Iterable[str]) -> bool:
+    return any(key == p or key.startswith(p if p.endswith(".") else p + ".") for p in patterns)
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
+    if not isinstance(d, dict) or (prefix and not d):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def data_fingerprint(dataset_meta: dict, num_samples: int) -> str:
+    """What the data position means: sample count, labels, latent shape, statistics (not the path)."""
+    keyed = {k: v for k, v in dataset_meta.items() if k != "source"}
+    blob = json.dumps({"num_samples": num_samples, "meta": keyed}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def classify(key: str) -> str:
+    if _matches(key, CORRUPTING):
+        return "corrupting"
+    if _matches(key, HARMLESS):
+        return "harmless"
+    if _matches(key, DELIBERATE):
+        return "deliberate"
+    return "unknown"
+
+
+def compare_configs(old: dict, new: dict, allow: Iterable[str] = (), source: str = "the checkpoint") -> list[str]:
+    """Differences between a stored and a new config (plain dicts, plus `data.fingerprint`).
+
+    Returns a line per allowed change (harmless, or deliberate and named in `allow`); raises
+    ValueError listing every refused one.
+    """
+    allow = [a.rstrip(".") for a in allow]
+    a, b = flatten(old), flatten(new)
+    refused, accepted = [], []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if va == vb:
+            continue
+        kind = classify(key)
+        line = f"{key}: {va!r} -> {vb!r}"
+        explicitly = any(key == x or key.startswith(x + ".") for x in allow)
+        if kind == "harmless":
+            accepted.append(f"{line} (harmless)")
+        elif explicitly and kind != "corrupting":
+            accepted.append(f"{line} (allowed by --allow-change)")
+        elif kind == "deliberate":
+            refused.append(f"{line} (deliberate: pass --allow-change {key} to apply it)")
+        elif kind == "unknown":
+            refused.append(f"{line} (not known to be safe: pass --allow-change {key} if it is)")
+        else:
+            refused.append(f"{line} (would corrupt the run: the weights, data position or random stream no longer match)")
+    if refused:
+        raise ValueError(f"the config differs from {source}:\n  " + "\n  ".join(refused))
+    return accepted
+
+
+def has_run_artifacts(out_dir: Path) -> list[str]:
+    return [n for n in RUN_ARTIFACTS if (out_dir / n).exists()]
+
+
+def clear_run(out_dir: Path) -> list[str]:
+    """--overwrite: remove an old run's files (each folder renamed to .deleting first)."""
+    from dfm_video.train.checkpoint import remove_dir  # no cycle: checkpoint does not import this module
+
+    found = has_run_artifacts(out_dir)
+    for n in found:
+        p = out_dir / n
+        remove_dir(p) if p.is_dir() else p.unlink()
+    return found
+
+
+def record_config(out_dir: Path, cfg_dict: dict, step: int, changes: list[str]) -> Path:
+    """config.yaml is the current config; config_history/ keeps one file per start, with the changes."""
+    hist = out_dir / "config_history"
+    hist.mkdir(parents=True, exist_ok=True)
+    n = len(list(hist.glob("*.yaml"))) + 1
+    path = hist / f"{n:04d}_step{step:08d}.yaml"
+    header = f"# started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} at step {step}\n"
+    header += "".join(f"# changed: {c}\n" for c in changes)
+    path.write_text(header + yaml.safe_dump(cfg_dict, sort_keys=False))
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+    return path
+
+
+def apply_optim_changes(optimizer: Any, scheduler: Any, lr: float) -> None:
+    """Make the configured base LR win over the one the checkpoint restored (the schedule function
+    itself is rebuilt from the new config). Recomputes lr = base * multiplier(step) exactly as
+    LambdaLR does, so with an unchanged config it is a no-op."""
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    lrs = [base * lmbda(scheduler.last_epoch) for base, lmbda in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, value in zip(optimizer.param_groups, lrs):
+        group["initial_lr"] = lr
+        group["lr"] = value
+    scheduler._last_lr = lrs
