@@ -84,11 +84,13 @@ def real_clips(data) -> list[np.ndarray]:
     return out
 
 
-def train_and_eval(method: str, preset: Preset, shards: str, seed: int, device: torch.device, extractors, real_stats, log) -> list[dict]:
-    cfg = method_config(preset, shards, method, seed)
+def train_loop(cfg: Config, steps: int, device: torch.device, eval_every: int, on_eval, seed: int) -> None:
+    """Train cfg's model in this process for `steps`; every `eval_every` steps (and at the end)
+    call on_eval(step, generator with the EMA weights, data, last loss output). `seed` sets the
+    initialisation, the per-step noise/timesteps and (through train.seed) the data order."""
     # both methods train on unit-std levels (the paper's video setting): DFM with the per-level
     # statistics of the shards, FM with the whole-latent statistics stored beside them
-    data = open_training_data(cfg, f"preset {method}")
+    data = open_training_data(cfg, f"{cfg.dfm.num_stages}-stage run")
     torch.manual_seed(seed)
     model = build_model(cfg.model, cfg.dfm).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
@@ -99,9 +101,7 @@ def train_and_eval(method: str, preset: Preset, shards: str, seed: int, device: 
     params = TimestepParams.from_config(cfg.dfm)
     batches = data.batches(rank=0, world_size=1, start=0, device=device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    rows, t_train = [], 0.0
-    for step in range(1, preset.steps + 1):
-        t0 = time.perf_counter()
+    for step in range(1, steps + 1):
         levels, y = next(batches)
         g = torch.Generator(device=device).manual_seed(seed * 100_003 + step)
         with amp:
@@ -112,19 +112,28 @@ def train_and_eval(method: str, preset: Preset, shards: str, seed: int, device: 
         opt.step()
         sched.step()
         ema.update()
-        t_train += time.perf_counter() - t0
-        if step % preset.eval_every == 0 or step == preset.steps:
+        if step % eval_every == 0 or step == steps:
             ema_model.load_state_dict({n: s for n, s in zip(ema.names, ema.shadow)}, strict=True)
-            gen = Generator(model=ema_model, cfg=cfg, meta=meta, source=Path(method))
-            labels = [i % len(data.info.labels) for i in range(preset.num_eval)]
-            latents, _ = generate(gen, labels, steps=list(cfg.sample.steps), tau=cfg.sample.tau, seed=1234)
-            fake = [to_uint8(v) for v in decode_latents(gen, latents)]
-            row = {"method": method, "step": step, "loss": float(out.loss), "train_s": round(t_train, 1)}
-            for name, fn in extractors.items():
-                mu, sig = feature_statistics(fn([torch.from_numpy(c) for c in fake]).numpy(), f"{name} {method}")
-                row[name] = float(frechet_distance(*real_stats[name], mu, sig, method="eigh"))
-            rows.append(row)
-            log(row)
+            on_eval(step, Generator(model=ema_model, cfg=cfg, meta=meta, source=Path(cfg.name)), data, out)
+
+
+def train_and_eval(method: str, preset: Preset, shards: str, seed: int, device: torch.device, extractors, real_stats, log) -> list[dict]:
+    cfg = method_config(preset, shards, method, seed)
+    rows = []
+    t_start = time.perf_counter()
+
+    def on_eval(step, gen, data, out) -> None:
+        labels = [i % len(data.info.labels) for i in range(preset.num_eval)]
+        latents, _ = generate(gen, labels, steps=list(cfg.sample.steps), tau=cfg.sample.tau, seed=1234 + seed)
+        fake = [to_uint8(v) for v in decode_latents(gen, latents)]
+        row = {"method": method, "seed": seed, "step": step, "loss": float(out.loss), "wall_s": round(time.perf_counter() - t_start, 1)}
+        for name, fn in extractors.items():
+            mu, sig = feature_statistics(fn([torch.from_numpy(c) for c in fake]).numpy(), f"{name} {method}")
+            row[name] = float(frechet_distance(*real_stats[name], mu, sig, method="eigh"))
+        rows.append(row)
+        log(row)
+
+    train_loop(cfg, preset.steps, device, preset.eval_every, on_eval, seed)
     return rows
 
 
