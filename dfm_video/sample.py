@@ -23,7 +23,7 @@ from torch import Tensor
 
 from dfm_video.autoencoders import load_autoencoder
 from dfm_video.config import Config, config_from_dict, validate
-from dfm_video.dfm import LevelStats, destandardize, euler_sample, level_shapes, recompose, sampling_schedule
+from dfm_video.dfm import LevelStats, count_nfe, destandardize, euler_sample, level_shapes, recompose, sampling_schedule
 from dfm_video.media import contact_sheet, to_uint8, write_mp4, write_png
 from dfm_video.models import DiT3D, build_model
 from dfm_video.train.checkpoint import latest_tag, read_checkpoint_weights
@@ -148,7 +148,7 @@ def generate(
         cfg_scale=cfg_scale,
         cfg_interval=cfg_interval,
         null_label=model.null_class,
-        on_stage_done=on_stage_done,
+        on_stage_clean=on_stage_done,  # previews decode the clean estimate, not the noisy latent
         progress=progress,
     )
     if stats is not None:
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "previews": [str(p) for p in preview_files],
         "labels": [gen.labels[i] if i < len(gen.labels) else None for i in y],
         "steps": steps, "tau": tau, "cfg_scale": cfg_scale, "cfg_interval": list(interval) if interval else None, "seed": seed,
-        "nfe": sum(steps) * (2 if cfg_scale != 1.0 else 1),
+        "nfe": count_nfe(sampling_schedule(steps, tau), cfg_scale, interval),
     }
     (out / "samples.json").write_text(json.dumps(report, indent=2))
     return report

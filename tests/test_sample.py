@@ -99,8 +99,8 @@ def test_generation_wiring_against_a_known_answer():
     # every stage integrates t from 0 to 1: x = noise + c; then destandardise and recompose
     want = [(noise[0] + 1.0) * 2.0 + 0.5, (noise[1] - 2.0) * 0.25]
     assert torch.allclose(latents, recompose(want, cfg.dfm.factors, "causal"), atol=1e-5)
-    # the preview is stage 1 at t = tau = 0.8, destandardised
-    assert torch.allclose(previews[0], (noise[0] + 0.8) * 2.0 + 0.5, atol=1e-5)
+    # the preview is stage 1's clean estimate at t = tau = 0.8 (x + (1 - tau) v), destandardised
+    assert torch.allclose(previews[0], (noise[0] + 0.8 + 0.2 * 1.0) * 2.0 + 0.5, atol=1e-5)
 
 
 def test_image_models_write_png(tmp_path):
