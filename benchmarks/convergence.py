@@ -34,6 +34,7 @@ from dfm_video.media import to_uint8
 from dfm_video.models import build_model
 from dfm_video.sample import Generator, decode_latents, generate
 from dfm_video.train.ema import EMA
+from dfm_video.train.param_groups import param_groups
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def train_loop(cfg: Config, steps: int, device: torch.device, eval_every: int, o
     data = open_training_data(cfg, f"{cfg.dfm.num_stages}-stage run")
     torch.manual_seed(seed)
     model = build_model(cfg.model, cfg.dfm).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.optim.warmup_steps)))
     ema = EMA(model, cfg.train.ema_decay)
     ema_model = build_model(cfg.model, cfg.dfm).to(device).eval()

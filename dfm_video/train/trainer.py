@@ -31,6 +31,7 @@ from dfm_video.train.engine import create_engine, init_distributed
 from dfm_video.train.export import export_weights
 from dfm_video.train.lr_schedule import lr_multiplier
 from dfm_video.train.metrics import MetricAccumulator, MetricWriter
+from dfm_video.train.param_groups import param_groups
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,7 +76,7 @@ def train(
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = build_model(cfg.model, cfg.dfm)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay
+        param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg.optim, cfg.train.steps))
     engine, scheduler = create_engine(model, optimizer, scheduler, build_deepspeed_config(cfg, world))
