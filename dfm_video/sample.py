@@ -23,6 +23,7 @@ from torch import Tensor
 
 from dfm_video.autoencoders import load_autoencoder
 from dfm_video.config import Config, config_from_dict, validate
+from dfm_video.console import configure_output
 from dfm_video.dfm import LevelStats, count_nfe, destandardize, euler_sample, level_shapes, recompose, sampling_schedule
 from dfm_video.media import contact_sheet, to_uint8, write_mp4, write_png
 from dfm_video.models import DiT3D, build_model
@@ -197,6 +198,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model dtype (bf16 on GPU)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--verbose", action="store_true", help="show library logs and warnings (also DFM_VERBOSE=1)")
     return p.parse_args(argv)
 
 
@@ -251,6 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    configure_output(args.verbose)
     try:
         report = run(args)
     except ValueError as exc:

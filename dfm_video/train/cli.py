@@ -7,6 +7,7 @@ import sys
 from typing import Optional, Sequence
 
 from dfm_video.config import load_config, require, resolve_config_path
+from dfm_video.console import configure_output
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -14,6 +15,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="YAML path, or a name under configs/ (e.g. k700.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
     p.add_argument("--resume", default="auto", help="'auto' (latest checkpoint in train.output_dir, if any), 'none', or a checkpoint folder")
+    p.add_argument("--verbose", action="store_true", help="show library logs and warnings (DeepSpeed INFO, FutureWarnings); also DFM_VERBOSE=1")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     # test hooks: make the first N losses of one step NaN (exercises the non-finite guard)
     p.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)
@@ -23,6 +25,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    configure_output(args.verbose)
     try:
         path = resolve_config_path(args.config)
         cfg = load_config(path, args.overrides)

@@ -28,6 +28,7 @@ from dfm_video.train.checkpoint import latest_tag, load_checkpoint, save_checkpo
 from dfm_video.train.ds_config import build_deepspeed_config, gradient_accumulation_steps
 from dfm_video.train.ema import EMA
 from dfm_video.train.engine import create_engine, init_distributed
+from dfm_video.train.extras import RunExtras, check_extras
 from dfm_video.train.export import export_weights
 from dfm_video.train.lr_schedule import lr_multiplier
 from dfm_video.train.metrics import MetricAccumulator, MetricWriter
@@ -64,6 +65,7 @@ def train(
     """Run training to cfg.train.steps; returns the export directory. `fail_at_step` / `fail_times`
     are a test hook: the first `fail_times` losses computed for that step are made NaN."""
     data = open_training_data(cfg, config_source)  # validates shards vs config before any process group
+    check_extras(cfg, config_source)
     info = init_distributed(cfg.distributed.backend)
     rank, world, device = info.rank, info.world_size, info.device
     out_dir = Path(cfg.train.output_dir)
@@ -107,6 +109,7 @@ def train(
         token_grid(data.latent_shape, stage_patch_sizes(cfg.model.patch_size, cfg.dfm.factors)[-1], cfg.dfm.temporal_mode)
     )
     micro_per_step = world * cfg.distributed.micro_batch_size
+    extras = RunExtras(cfg, rank, out_dir, data.dataset_meta(), device, writer.tb, step)
 
     def velocity(x, t, active, y):
         return engine([v.to(model_dtype) for v in x], t, active, y)
@@ -147,6 +150,7 @@ def train(
             done += 1
         step += 1
         ema.update()
+        extras.after_step(step, ema)  # progress bar; EMA samples every train.sample_every (collective)
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             m = metrics.reduce()
             grad_norm = engine.get_global_grad_norm()
@@ -157,11 +161,13 @@ def train(
             m["mem/peak_gib"] = _peak_memory_gib(device)
             m["train/nonfinite_skipped"] = float(nonfinite_total)
             writer.write(step, m)
+            extras.after_log(step, m)
             metrics.reset()
         if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
             client = {"step": step, "samples_consumed": consumed, "config": config_to_dict(cfg), "dataset_meta": data.dataset_meta()}
             save_checkpoint(engine, ckpt_root, step, client, ema.state_dict(), cfg.train.keep_last, rank)
     writer.close()
+    extras.close()  # loss.png in the run directory
     weights = ema.full_state_dict()  # collective under ZeRO-3
     export_dir = out_dir / "export"
     if rank == 0:
