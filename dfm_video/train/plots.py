@@ -72,7 +72,7 @@ def plot_losses(runs: Mapping[str, str | Path], out: str | Path, keys: Sequence[
     for t in _ticks(x0, x1):
         x, _ = px(t, y0)
         d.line([x, H - bottom, x, H - bottom + 4], fill="black")
-        d.text((x - 12, H - bottom + 8), f"{int(t)}", fill="black")
+        d.text((x - 12, H - bottom + 8), f"{t:g}", fill="black")
     d.text((left, 8), title, fill="black")
     d.text(((W - right + left) // 2 - 10, H - 16), "step", fill="black")
     for i, (label, pts) in enumerate(curves):
