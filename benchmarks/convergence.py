@@ -129,7 +129,7 @@ def train_and_eval(method: str, preset: Preset, shards: str, seed: int, device: 
         labels = [i % len(data.info.labels) for i in range(preset.num_eval)]
         latents, _ = generate(gen, labels, steps=list(cfg.sample.steps), tau=cfg.sample.tau, seed=1234 + seed)
         fake = [to_uint8(v) for v in decode_latents(gen, latents)]
-        row = {"method": method, "seed": seed, "step": step, "loss": float(out.loss), "wall_s": round(time.perf_counter() - t_start, 1)}
+        row = {"method": method, "seed": seed, "step": step, "loss": float(out.loss.detach()), "wall_s": round(time.perf_counter() - t_start, 1)}
         for name, fn in extractors.items():
             mu, sig = feature_statistics(fn([torch.from_numpy(c) for c in fake]).numpy(), f"{name} {method}")
             row[name] = float(frechet_distance(*real_stats[name], mu, sig, method="eigh"))
