@@ -32,6 +32,11 @@ def test_loss_plot_reads_metrics_and_draws_every_series(tmp_path):
     # both series' colours are drawn (first two of the palette)
     for colour in ((31, 119, 180), (214, 39, 40)):
         assert (np.abs(img.astype(int) - colour).sum(axis=2) == 0).sum() > 50, colour
+    fm = tmp_path / "fm.jsonl"  # one stage: loss/stage1 == loss/total is drawn once
+    fm.write_text("".join(json.dumps({"step": s, "loss/total": 1.0 / s, "loss/stage1": 1.0 / s}) + "\n" for s in (1, 2)))
+    img = np.asarray(Image.open(plot_losses({"fm": fm}, tmp_path / "fm.png")).convert("RGB"))
+    assert (np.abs(img.astype(int) - (31, 119, 180)).sum(axis=2) == 0).sum() > 50
+    assert (np.abs(img.astype(int) - (214, 39, 40)).sum(axis=2) == 0).sum() == 0
     (tmp_path / "empty.jsonl").write_text(json.dumps({"step": 1, "lr": 0.1}) + "\n")
     with pytest.raises(ValueError, match="no loss"):
         plot_losses({"run": tmp_path / "empty.jsonl"}, tmp_path / "x.png")

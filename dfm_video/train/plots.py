@@ -47,7 +47,10 @@ def plot_losses(runs: Mapping[str, str | Path], out: str | Path, keys: Sequence[
     """Write a PNG of the loss series of every run; `keys` limits which metrics (default: all loss/*)."""
     curves = []
     for run, path in runs.items():
-        for key, pts in read_series(path).items():
+        series = read_series(path)
+        for key, pts in series.items():
+            if key.startswith("loss/stage") and pts == series.get("loss/total"):
+                continue  # a one-stage run's only stage loss is its total: draw it once
             if pts and (keys is None or key in keys):
                 curves.append((f"{run} {key.split('/', 1)[1]}", pts))
     if not curves:
