@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from dfm_video.config import Config, config_from_dict, validate
+from dfm_video.console import configure_output
 from dfm_video.dfm import LevelStats, destandardize, euler_sample, level_shapes, recompose, sampling_schedule
 from dfm_video.media import to_uint8, write_mp4, write_png
 from dfm_video.models import DiT3D, build_model
@@ -170,7 +171,7 @@ def generate(
         cfg_scale=cfg_scale,
         cfg_interval=cfg_interval,
         null_label=model.null_class,
-        on_stage_done=on_stage_done,
+        on_stage_clean=on_stage_done,  # previews decode the clean estimate, not the noisy latent
         progress=progress,
     )
     if stats is not None:
@@ -221,6 +222,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--autoencoder-path", default=None, help="local folder of the autoencoder, overriding the recorded or bundled one")
     p.add_argument("--overwrite", action="store_true", help="delete the samples already in --out first (default: keep and resume)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher passes it
+    p.add_argument("--verbose", action="store_true", help="show library logs and warnings (also DFM_VERBOSE=1)")
     return p.parse_args(argv)
 
 
@@ -233,6 +235,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    configure_output(args.verbose)
     try:
         report = run(args)
     except ValueError as exc:

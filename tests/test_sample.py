@@ -99,8 +99,8 @@ def test_generation_wiring_against_a_known_answer():
     # every stage integrates t from 0 to 1: x = noise + c; then destandardise and recompose
     want = [(noise[0] + 1.0) * 2.0 + 0.5, (noise[1] - 2.0) * 0.25]
     assert torch.allclose(latents, recompose(want, cfg.dfm.factors, "causal"), atol=1e-5)
-    # the preview is stage 1 at t = tau = 0.8, destandardised
-    assert torch.allclose(previews[0], (noise[0] + 0.8) * 2.0 + 0.5, atol=1e-5)
+    # the preview is stage 1's clean estimate at t = tau = 0.8 (x + (1 - tau) v), destandardised
+    assert torch.allclose(previews[0], (noise[0] + 0.8 + 0.2 * 1.0) * 2.0 + 0.5, atol=1e-5)
 
 
 def test_image_models_write_png(tmp_path):
@@ -136,7 +136,8 @@ def test_bad_checkpoints_and_labels_give_clear_errors(trained, tmp_path, capsys)
 
 def test_make_demo_end_to_end_at_a_smaller_size(tmp_path):
     env = cpu_env()
-    env.update(DEMO_DIR=str(tmp_path / "demo"), DEMO_STEPS="20", DEMO_CLIPS_PER_SOURCE="3", DEMO_SAMPLES="2", DEMO_MASTER_PORT=str(29000 + os.getpid() % 1000))
+    env.update(DEMO_DIR=str(tmp_path / "demo"), DEMO_STEPS="20", DEMO_CLIPS_PER_SOURCE="3", DEMO_SAMPLES="2", DEMO_MASTER_PORT=str(29000 + os.getpid() % 1000),
+               DEMO_REPORT_SAMPLES="3", DEMO_FVD="0")
     env["PYTHON"] = sys.executable
     cmd = ["bash", "scripts/demo.sh"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -145,6 +146,17 @@ def test_make_demo_end_to_end_at_a_smaller_size(tmp_path):
     assert "demo finished" in r.stdout
     assert len(list((demo / "samples").glob("*.mp4"))) == 2 and len(list((demo / "samples" / "previews").glob("*.mp4"))) == 2
     assert (demo / "train" / "export" / "model.safetensors").is_file()
+    # the flow-matching baseline, the evidence sheet, loss curves and the summary numbers
+    assert (demo / "train_fm" / "export" / "model.safetensors").is_file() and len(list((demo / "samples_fm").glob("*.mp4"))) == 2
+    for png in (demo / "comparison.png", demo / "loss_curves.png", demo / "train" / "loss.png", demo / "train_fm" / "loss.png"):
+        assert png.is_file() and png.stat().st_size > 1000, png
+    summary = json.loads((demo / "summary.json").read_text())
+    for method in ("DFM", "FM"):
+        assert summary["methods"][method]["hf_ratio"] > 0 and summary["methods"][method]["nearest_psnr_db"] > 0
+    assert "high-freq. energy / training clips" in r.stdout and "PSNR to nearest training clip" in r.stdout
+    # quiet by default: no DeepSpeed INFO lines, no library FutureWarnings, no Ray log lines
+    console = r.stdout + r.stderr
+    assert "[INFO]" not in console and "FutureWarning" not in console and "core_worker" not in console, console[-3000:]
     # a second run reuses everything: nothing is decoded again and training resumes at its last step
     r2 = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r2.returncode == 0, r2.stderr[-3000:]

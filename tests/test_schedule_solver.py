@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dfm_video.dfm import euler_sample, phase_ends, sampling_schedule, schedule_activity
+from dfm_video.dfm import count_nfe, euler_sample, phase_ends, sampling_schedule, schedule_activity
 
 
 def test_single_stage_is_the_linear_flow_matching_grid():
@@ -129,6 +129,9 @@ def test_classifier_free_guidance_batches_cond_and_uncond_and_respects_interval(
             expected += dt * (scale if inside else 1.0)
         assert torch.allclose(out[s], noise[s] + expected, atol=1e-12)
     assert B in batch_sizes and 2 * B in batch_sizes  # unguided steps skip the unconditional half
+    # the reported NFE is what the solver really spent: 1 per call, 2 per guided (doubled) call
+    assert count_nfe(sched, scale, interval) == sum(n // B for n in batch_sizes) < 2 * (sched.shape[0] - 1)
+    assert count_nfe(sched, scale) == 16 and count_nfe(sched, 1.0, interval) == 8
     with pytest.raises(ValueError, match="null label"):
         euler_sample(fn, noise, sched, torch.tensor([1, 2]), cfg_scale=2.0)
 
@@ -146,6 +149,27 @@ def test_stage_callback_fires_when_each_stage_reaches_tau():
     assert [(k, step) for k, step, _ in seen] == [(0, 3), (1, 5)]
     assert torch.allclose(seen[0][2], noise[0] + 0.6, atol=1e-12)
     assert torch.allclose(seen[1][2], noise[0] + 1.0, atol=1e-12)
+
+
+def test_clean_estimate_callback_gives_x_plus_remaining_time_times_velocity():
+    noise = _noise()
+    seen = []
+    # velocity depends on the state: v = 2 - x (so the estimate is not just noise + constant)
+    euler_sample(
+        lambda x, t, a, y: [2.0 - v for v in x],
+        noise,
+        sampling_schedule([3, 2], 0.6),
+        torch.zeros(2, dtype=torch.long),
+        on_stage_done=lambda k, levels, step: seen.append(("raw", k, step, [v.clone() for v in levels])),
+        on_stage_clean=lambda k, levels, step: seen.append(("clean", k, step, levels)),
+    )
+    raw = [e for e in seen if e[0] == "raw"]
+    clean = [e for e in seen if e[0] == "clean"]
+    assert [(k, step) for _, k, step, _ in clean] == [(0, 3), (1, 5)]
+    x_tau = raw[0][3][0]  # stage 1 exactly at t = tau = 0.6
+    assert len(clean[0][3]) == 1
+    assert torch.allclose(clean[0][3][0], x_tau + 0.4 * (2.0 - x_tau), atol=1e-12)
+    assert all(torch.equal(a, b) for a, b in zip(clean[1][3], raw[1][3]))  # at t = 1 the estimate is x
 
 
 def test_reproducible_and_shape_checked():

@@ -178,6 +178,19 @@ class TrainConfig:
     """Also checkpoint when this many minutes passed since the last one (0 = only every ckpt_every steps)."""
     measured_peak_tflops: float = 752.0
     """Measured dense bf16 matmul peak per device, a second MFU column (H100: 752, H200: 786; PLATFORM_NOTES)."""
+    progress: bool = True
+    """Progress bar with ETA on rank 0 (the metric lines every log_every steps are printed either way)."""
+    sample_every: int = 0
+    """Steps between EMA sample videos written during training (0 = never): mp4 under
+    {output_dir}/samples/step_N and TensorBoard videos, fixed labels and seed, the sample.* sampler."""
+    sample_count: int = 3
+    """Videos per in-training sample (labels cycle through the classes)."""
+    wandb: bool = False
+    """Also log metrics (same names) and sample videos to Weights & Biases (optional extra: wandb)."""
+    wandb_project: str = "dfm-video"
+    """W&B project name."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """`offline` writes the run under {output_dir}/wandb with no network (`wandb sync` later)."""
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dfm_video.dfm.objective import dfm_objective, drop_labels
 from dfm_video.dfm.loss import LossOutput, NoisyLevels, dfm_loss, noisy_levels, sample_noise
 from dfm_video.dfm.pyramid import decompose, downsample, level_shapes, recompose, upsample
 from dfm_video.dfm.schedule import phase_ends, sampling_schedule, schedule_activity
-from dfm_video.dfm.solver import euler_sample, guided
+from dfm_video.dfm.solver import count_nfe, euler_sample, guided
 from dfm_video.dfm.standardize import LevelMoments, LevelStats, destandardize, standardize
 from dfm_video.dfm.timesteps import StageTimesteps, TimestepParams, sample_timesteps
 
@@ -19,6 +19,7 @@ __all__ = [
     "NoisyLevels",
     "StageTimesteps",
     "TimestepParams",
+    "count_nfe",
     "decompose",
     "destandardize",
     "dfm_loss",

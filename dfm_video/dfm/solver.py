@@ -22,6 +22,22 @@ VelocityFn = Callable[[list[Tensor], Tensor, Tensor, Tensor], Sequence[Tensor]]
 StageCallback = Callable[[int, list[Tensor], int], None]
 
 
+def guided_stages(active: Tensor, t_row: Tensor, cfg_scale: float, cfg_interval: Optional[tuple[float, float]]) -> list[bool]:
+    """Which stages are guided at one step: active ones whose t lies in `cfg_interval` (if given)."""
+    return [
+        cfg_scale != 1.0 and bool(active[s]) and (cfg_interval is None or cfg_interval[0] <= float(t_row[s]) <= cfg_interval[1])
+        for s in range(active.shape[0])
+    ]
+
+
+def count_nfe(schedule: Tensor, cfg_scale: float = 1.0, cfg_interval: Optional[tuple[float, float]] = None) -> int:
+    """Network evaluations `euler_sample` spends on one sample: 1 per step, 2 on steps where any
+    stage is guided (the conditional and unconditional halves of the batched call)."""
+    sched = schedule.to(torch.float64)
+    activity = schedule_activity(sched)
+    return sum(2 if any(guided_stages(activity[i], sched[i], cfg_scale, cfg_interval)) else 1 for i in range(sched.shape[0] - 1))
+
+
 def guided(v_cond: Tensor, v_uncond: Tensor, scale: float) -> Tensor:
     """Classifier-free guidance: v_u + scale * (v_c - v_u)."""
     return v_uncond + scale * (v_cond - v_uncond)
@@ -38,6 +54,7 @@ def euler_sample(
     cfg_interval: Optional[tuple[float, float]] = None,
     null_label: Optional[int] = None,
     on_stage_done: Optional[StageCallback] = None,
+    on_stage_clean: Optional[StageCallback] = None,
     progress: bool = False,
 ) -> list[Tensor]:
     """Integrate every stage from its noise to data along `schedule`; returns the final levels.
@@ -46,6 +63,10 @@ def euler_sample(
     Guidance (cfg_scale != 1) batches conditional and unconditional (label `null_label`) inputs in
     one call, and guides a stage only while its own t lies in `cfg_interval` (inclusive) if given.
     `on_stage_done(k, levels, step)` fires when stage k reaches its end of phase (tau, or 1 at the end).
+    `on_stage_clean(k, estimates, step)` fires at the same moments with the clean estimates
+    x_j + (1 - t_j) v_j of stages j <= k (what previews decode: at tau the latent itself is still
+    noisy). v_j is the velocity of the step that starts the next phase, evaluated at exactly that
+    state, so it costs no extra network call; at the end t = 1 and the estimate is x itself.
     """
     S = len(noise)
     if schedule.dim() != 2 or schedule.shape[1] != S:
@@ -71,10 +92,7 @@ def euler_sample(
         t_row = sched[i]
         t = t_row.to(device=device, dtype=torch.float32).expand(B, S)
         active = act.to(device).expand(B, S)
-        guide_stage = [
-            guide and bool(act[s]) and (cfg_interval is None or cfg_interval[0] <= float(t_row[s]) <= cfg_interval[1])
-            for s in range(S)
-        ]
+        guide_stage = guided_stages(act, t_row, cfg_scale, cfg_interval)
         if any(guide_stage):
             out = velocity_fn(
                 [torch.cat([v, v]) for v in x], torch.cat([t, t]), torch.cat([active, active]), torch.cat([y, null])
@@ -84,6 +102,10 @@ def euler_sample(
             v_all = list(velocity_fn(x, t, active, y))
         if len(v_all) != S:
             raise ValueError(f"velocity_fn returned {len(v_all)} tensors for {S} stages")
+        if on_stage_clean is not None:
+            for k in range(1, S):
+                if bool(newly[k]):
+                    on_stage_clean(k - 1, [x[j] + float(1.0 - t_row[j]) * v_all[j].to(x[j].dtype) for j in range(k)], i)
         for s in range(S):
             if not bool(act[s]):
                 continue
@@ -91,4 +113,6 @@ def euler_sample(
             x[s] = x[s] + dt * v_all[s].to(x[s].dtype)
     if on_stage_done is not None:
         on_stage_done(S - 1, [v.clone() for v in x], sched.shape[0] - 1)
+    if on_stage_clean is not None:
+        on_stage_clean(S - 1, [v.clone() for v in x], sched.shape[0] - 1)
     return x

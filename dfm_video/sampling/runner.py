@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from dfm_video.data.mixture import bucket_meta
+from dfm_video.dfm import count_nfe, sampling_schedule
 from dfm_video.media import contact_sheet, to_uint8, write_png
 from dfm_video.sampling import plan, writer
 from dfm_video.sampling.dist import Launch
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "world_size": launch.world, "batch_size": batch_size, "batches_run": total_batches,
         "frames": int(first[0].shape[0]), "size": [int(first[0].shape[1]), int(first[0].shape[2])], "fps": fps,
         "steps": steps, "tau": tau, "cfg_scale": cfg_scale, "cfg_interval": list(interval) if interval else None, "seed": seed,
-        "nfe": sum(steps) * (2 if cfg_scale != 1.0 else 1),
+        "nfe": count_nfe(sampling_schedule(steps, tau), cfg_scale, interval),  # guidance interval counted
     })
     (out / writer.REPORT).write_text(json.dumps(report, indent=2))
     return report

@@ -7,6 +7,7 @@ import sys
 from typing import Optional, Sequence
 
 from dfm_video.config import load_config, require, resolve_config_path
+from dfm_video.console import configure_output
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -19,6 +20,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--allow-change", dest="allow_change", action="append", default=[], metavar="KEY",
         help="on resume, accept and apply a deliberate config change (e.g. optim.lr, optim.warmup_steps); repeatable",
     )
+    p.add_argument("--verbose", action="store_true", help="show library logs and warnings (DeepSpeed INFO, FutureWarnings); also DFM_VERBOSE=1")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     # test hooks: NaN losses on N steps from one step; infinite gradients (finite loss) on one step
     p.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)
@@ -29,6 +31,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    configure_output(args.verbose)
     try:
         path = resolve_config_path(args.config)
         cfg = load_config(path, args.overrides)

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 
 
 class MetricAccumulator:
@@ -93,7 +94,7 @@ class MetricWriter:
         keys = ["loss/total", "grad_norm", "lr", "perf/samples_per_s", "perf/tokens_per_s", "time/data_wait(%)", "perf/mfu(%)", "mem/peak_gib"]
         parts = [f"step {step}"] + [f"{k} {metrics[k]:.4g}" for k in keys if k in metrics]
         parts += [f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("loss/stage")]
-        print(" | ".join(parts), flush=True)
+        tqdm.write(" | ".join(parts))  # keeps the rank-0 progress bar intact
 
     def close(self) -> None:
         if self.tb is not None:

@@ -31,6 +31,7 @@ HARMLESS = (
     "distributed.deepspeed_overrides", "sample.",
     # the same math on another layout (tests/test_sequence_parallel.py: equal losses and gradients)
     "distributed.sequence_parallel",
+    "train.progress", "train.sample_every", "train.sample_count", "train.wandb", "train.wandb_project", "train.wandb_mode",
     "preprocess.",  # read by data_pipeline only; the shards themselves are fingerprinted
 )
 DELIBERATE = (

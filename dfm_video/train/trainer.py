@@ -33,12 +33,14 @@ from dfm_video.train.checkpoint import save_checkpoint
 from dfm_video.train.ds_config import build_deepspeed_config, gradient_accumulation_steps
 from dfm_video.train.ema import EMA
 from dfm_video.train.engine import create_engine, init_distributed
+from dfm_video.train.extras import RunExtras, check_extras
 from dfm_video.train.export import export_weights
 from dfm_video.train.lr_schedule import lr_multiplier
 from dfm_video.train.metrics import MetricAccumulator, MetricWriter
 from dfm_video.train.resume import check_shared_run_dir, plan_start, restore
 from dfm_video.train.resume_guard import clear_run, data_fingerprint, record_config
 from dfm_video.train.step_guard import CheckpointTrigger, FaultInjection, NonFiniteLossError, NonFiniteSteps, all_finite
+from dfm_video.train.param_groups import param_groups
 
 __all__ = ["NonFiniteLossError", "train"]
 
@@ -65,6 +67,7 @@ def train(
     data = open_data(cfg, config_source)  # validates shards vs config before any process group
     for shape in latent_shapes(data):  # sequence parallel N vs heads, world, tokens of every dataset
         sp = validate_parallel(cfg, shape)
+    check_extras(cfg, config_source)
     out_dir = Path(cfg.train.output_dir)
     ckpt_root = out_dir / "checkpoints"
     cfg_dict = config_to_dict(cfg)
@@ -90,7 +93,7 @@ def train(
     model = build_model(cfg.model, cfg.dfm)
     groups = setup_parallel(cfg, model)  # N > 1: hooks the model to process 1/N of the tokens
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay
+        param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg.optim, cfg.train.steps))
     ds_config = sequence_parallel_ds_config(build_deepspeed_config(cfg, dp_size), sp)
@@ -123,6 +126,7 @@ def train(
     faults = FaultInjection(fail_at_step, fail_times, fail_grad_at_step)
     nonfinite = NonFiniteSteps(cfg.train.max_nonfinite, rank)
     trigger = CheckpointTrigger(cfg.train.ckpt_every, cfg.train.ckpt_every_minutes, device)
+    extras = RunExtras(cfg, rank, out_dir, data.dataset_meta(), device, writer.tb, step)
 
     def velocity(x, t, active, y):
         return faults.outputs(step + 1, engine([v.to(model_dtype) for v in x], t, active, y))
@@ -158,6 +162,7 @@ def train(
         step += 1
         if not nonfinite.after_step(step, engine, loss_bad):
             ema.update()
+        extras.after_step(step, ema)  # progress bar; EMA samples every train.sample_every (collective)
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             m = metrics.reduce()
             grad_norm = engine.get_global_grad_norm()
@@ -170,6 +175,7 @@ def train(
             m["mem/peak_gib"] = _peak_memory_gib(device)
             m["train/nonfinite_skipped"] = float(nonfinite.total)
             writer.write(step, m)
+            extras.after_log(step, m)
             metrics.reset()
         save, stop = trigger.due(step, cfg.train.steps)
         if save:
@@ -185,6 +191,7 @@ def train(
             return out_dir / "export"
     trigger.close()
     writer.close()
+    extras.close()  # loss.png in the run directory
     weights = ema.full_state_dict()  # collective under ZeRO-3
     export_dir = out_dir / "export"
     if rank == 0:
