@@ -36,3 +36,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """An embedded 2-CPU Ray runtime for the pipeline tests of one module (reused if one is running)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    if started:
+        ray.shutdown()

@@ -5,7 +5,6 @@ one-clip row groups. Real files (PyAV-written), real child processes, real Ray (
 from __future__ import annotations
 
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -111,18 +110,6 @@ def test_isolated_decoder_survives_hang_crash_memory_and_io_errors(tmp_path) -> 
     assert got["oom"].reason == "decoder out of memory"
     assert got["eio"].reason == "I/O error" and "after 2 retries" in got["eio"].detail
     assert np.array_equal(got["ok"].frames, decode_clip(str(path), False, DecodeParams(9, 8.0, (32, 32), "decord")).frames)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.mark.parametrize("layout", ["split", "fused"])

@@ -36,18 +36,6 @@ from pipeline_helpers import (
 )
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def _cli(module: bool, clips: Path, out: Path) -> list[str]:
     entry = ["-m", "data_pipeline.preprocess"] if module else [str(ROOT / "data_pipeline" / "preprocess.py")]
     sets = [f"preprocess.input_dir={clips}", f"preprocess.output_dir={out}", "preprocess.samples_per_shard=1",
