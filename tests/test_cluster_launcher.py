@@ -226,6 +226,10 @@ def test_cluster_yaml_passes_ray_schema(path):
     for remote, local in cfg["file_mounts"].items():
         if not local.startswith("~"):
             assert (REPO / local).exists(), f"{path.name}: file_mounts {remote}: {local} missing"
+    # Ray runs each command as `bash -c '... (CMD)'`: a '#' would comment out the closing parenthesis
+    for key in (k for k in cfg if k.endswith("commands")):
+        for cmd in cfg[key]:
+            assert "#" not in cmd, f"{path.name}: {key}: a comment inside the command text breaks it: {cmd!r}"
 
 
 @pytest.mark.slow

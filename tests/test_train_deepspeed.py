@@ -132,6 +132,10 @@ def test_resume_on_another_world_size(reference_runs, tiny_shards, tmp_path, sta
         assert torch.equal(saved[k], loaded[k]), k
     lr = lambda p: json.loads(p.read_text())["lr"]  # noqa: E731
     assert lr(out / "dump" / "resumed_00000016.json") == lr(ref / "dump" / "saved_00000016.json")
+    groups = lambda p: json.loads(p.read_text())["param_groups"]  # noqa: E731
+    assert groups(out / "dump" / "resumed_00000016.json") == groups(ref / "dump" / "saved_00000016.json")
+    steps = lambda p: json.loads(p.read_text())["adam_steps"]  # noqa: E731
+    assert steps(out / "dump" / "resumed_00000016.json") == steps(ref / "dump" / "saved_00000016.json") == [16.0]
     # the next steps continue the 2-rank run: same data, same per-sample random draws
     got, want = read_metrics(out), read_metrics(ref)
     for s in (17, 18):

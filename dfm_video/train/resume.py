@@ -94,10 +94,18 @@ def _tags(root: Path) -> list[str]:
     return complete_tags(root)
 
 
+HYPERPARAMETERS = ("weight_decay", "betas", "eps")  # per group, set from the config at start
+
+
 def restore(plan: StartPlan, engine: Any, ema: Any, optimizer: Any, scheduler: Any, ckpt_root: Path, lr: float, rank: int) -> tuple[int, int]:
     """Load the planned checkpoint into engine, EMA and scheduler; returns (step, samples consumed)."""
     path = plan.checkpoint
     assert path is not None
+    # The groups' hyperparameters come from the config (param_groups: decay / no decay), not from
+    # the checkpoint: DeepSpeed 0.19.8's universal loader under ZeRO-3 gives every group the first
+    # group's weight decay (measured: the no-decay group came back with 0.01). Re-applied below.
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    settings = [{k: g[k] for k in HYPERPARAMETERS if k in g} for g in inner.param_groups]
     if plan.universal:
         dst = universal_path(ckpt_root, path.name)
         error: Optional[Exception] = None
@@ -114,6 +122,11 @@ def restore(plan: StartPlan, engine: Any, ema: Any, optimizer: Any, scheduler: A
     else:
         load_engine_state(engine, path.parent, path.name)
     ema.load_full(read_ema(path))
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    if len(inner.param_groups) != len(settings):
+        raise ValueError(f"{path}: the optimizer has {len(settings)} parameter groups, the checkpoint {len(inner.param_groups)}")
+    for group, keep in zip(inner.param_groups, settings):
+        group.update(keep)
     apply_optim_changes(optimizer, scheduler, lr)
     all_ranks_ok(True)
     if plan.universal and rank == 0:
