@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.dfm-installed
 
-.PHONY: install test demo clean-venv
+.PHONY: install lint test demo clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 
 install: $(STAMP)
 
-test: install
+# Formatting and lint are part of the test command, so the tree stays formatted.
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The main job end to end on CPU: real clips -> Ray preprocessing -> DeepSpeed DFM training -> samples.

@@ -60,7 +60,11 @@ def _single_process_env(on_gpu: bool) -> None:
 def old_deepspeed_config(new: dict[str, Any]) -> dict[str, Any]:
     """The JSON as build_deepspeed_config wrote it before issue 12 (same batch sizes and precision)."""
     old = {k: v for k, v in new.items() if k != "data_types"}
-    old["zero_optimization"] = {"stage": new["zero_optimization"]["stage"], "overlap_comm": False, "contiguous_gradients": True}
+    old["zero_optimization"] = {
+        "stage": new["zero_optimization"]["stage"],
+        "overlap_comm": False,
+        "contiguous_gradients": True,
+    }
     return old
 
 
@@ -78,7 +82,13 @@ class Variant:
         torch.manual_seed(cfg.train.seed)
         with torch.device(device):  # initialise on the device: DiT3D-XL's init takes seconds on a CPU
             model = build_model(cfg.model, cfg.dfm)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
+        opt = torch.optim.AdamW(
+            model.parameters(),
+            lr=cfg.optim.lr,
+            betas=cfg.optim.betas,
+            eps=cfg.optim.eps,
+            weight_decay=cfg.optim.weight_decay,
+        )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(cfg.optim, cfg.train.steps))
         self.engine, self.scheduler = create_engine(model, opt, sched, ds_conf)
         self.ema = EMA(self.engine.module, cfg.train.ema_decay)
@@ -105,8 +115,13 @@ class Variant:
         for a in range(self.accum):
             gens = sample_generators(self.cfg.train.seed, (k * self.accum + a) * self.micro, self.micro, self.device)
             out = dfm_objective(
-                lambda x, t, act, y: eng([v.to(self.dtype) for v in x], t, act, y), self.levels[a], self.labels, self.params,
-                class_dropout=self.cfg.model.class_dropout, null_class=eng.module.null_class, generator=gens,
+                lambda x, t, act, y: eng([v.to(self.dtype) for v in x], t, act, y),
+                self.levels[a],
+                self.labels,
+                self.params,
+                class_dropout=self.cfg.model.class_dropout,
+                null_class=eng.module.null_class,
+                generator=gens,
             )
             eng.backward(out.loss)
             eng.step()
@@ -149,15 +164,27 @@ def round_trip(v: Variant, k: int, workdir: Path) -> tuple[list[list[Any]], bool
     loss_b = v.step(k)
     sizes: dict[str, int] = {}
     for f in (root / tag_for(k)).iterdir():
-        kind = "ema" if f.name.startswith("ema") else "optimizer" if "optim" in f.name else "model" if "model" in f.name else "other"
+        kind = (
+            "ema"
+            if f.name.startswith("ema")
+            else "optimizer"
+            if "optim" in f.name
+            else "model"
+            if "model" in f.name
+            else "other"
+        )
         sizes[kind] = sizes.get(kind, 0) + f.stat().st_size
     ok = not diff and lr_ok and math.isclose(loss_a, loss_b, rel_tol=1e-3)
     rows = [
-        ["save s", f"{save_s:.1f}"], ["load s", f"{load_s:.1f}"],
+        ["save s", f"{save_s:.1f}"],
+        ["load s", f"{load_s:.1f}"],
         ["tensors compared (fp32, exp_avg, exp_avg_sq, ema)", str(len(saved))],
         ["tensors differing after load", str(len(diff)) + (f" e.g. {diff[:3]}" if diff else "")],
         ["LR equal after load", str(lr_ok)],
-        ["loss of the next step: before save / after load", f"{loss_a:.6f} / {loss_b:.6f} (|diff| {abs(loss_a - loss_b):.2e})"],
+        [
+            "loss of the next step: before save / after load",
+            f"{loss_a:.6f} / {loss_b:.6f} (|diff| {abs(loss_a - loss_b):.2e})",
+        ],
     ] + [[f"checkpoint {kind} GB", f"{n / 1e9:.2f}"] for kind, n in sorted(sizes.items())]
     rows.append(["round trip", "PASS" if ok else "FAIL"])
     return rows, ok
@@ -168,8 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="CPU-sized smoke test (forced without a GPU)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--budget-s", type=float, default=None, help="skip the round trip when it would end past this (default: $GPU_CHECK_SECTION_BUDGET_S or 140)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="override the measured peak for the second MFU column")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="skip the round trip when it would end past this (default: $GPU_CHECK_SECTION_BUDGET_S or 140)",
+    )
+    p.add_argument(
+        "--peak-tflops", type=float, default=None, help="override the measured peak for the second MFU column"
+    )
     args = p.parse_args(argv)
     start = time.perf_counter()
     on_gpu = torch.cuda.is_available() and not args.quick
@@ -182,7 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dfm_video.train.ds_config import build_deepspeed_config
     from dfm_video.train.engine import init_distributed
 
-    common = ["distributed.zero_stage=2", "distributed.precision=bf16", "distributed.micro_batch_size=1", "distributed.global_batch_size=2"]
+    common = [
+        "distributed.zero_stage=2",
+        "distributed.precision=bf16",
+        "distributed.micro_batch_size=1",
+        "distributed.global_batch_size=2",
+    ]
     if on_gpu:
         cfg = load_config("k700.yaml", common)
         grid = (13, 32, 32)
@@ -191,14 +230,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         grid = (3, 4, 4)
         args.warmup, args.steps = min(args.warmup, 1), min(args.steps, 2)
     init_distributed(cfg.distributed.backend)
-    latent = (cfg.model.in_channels, *level_shapes_for_grid(grid, stage_patch_sizes(cfg.model.patch_size, cfg.dfm.factors), cfg.dfm.temporal_mode)[-1])
+    latent = (
+        cfg.model.in_channels,
+        *level_shapes_for_grid(grid, stage_patch_sizes(cfg.model.patch_size, cfg.dfm.factors), cfg.dfm.temporal_mode)[
+            -1
+        ],
+    )
     flops_per_step = training_flops(cfg.model, cfg.dfm, latent[1:]) * cfg.distributed.global_batch_size
     measured = peak_tflops(device, args.peak_tflops)
     new_conf = build_deepspeed_config(cfg, 1)
     print(f"# DeepSpeed ZeRO-2 benchmark: {env_line(device)}")
-    print(f"{cfg.model.name if on_gpu else 'tiny'}: latent {latent}, {math.prod(grid)} tokens, micro 1 x accumulation 2, bf16, "
-          f"{args.warmup} warm-up + {args.steps} timed optimizer steps; MFU vs datasheet {DATASHEET_PEAK:.0f} and measured "
-          f"{measured or 'unknown'} TFLOP/s", flush=True)
+    print(
+        f"{cfg.model.name if on_gpu else 'tiny'}: latent {latent}, "
+        f"{math.prod(grid)} tokens, micro 1 x accumulation 2, bf16, "
+        f"{args.warmup} warm-up + {args.steps} timed optimizer "
+        f"steps; MFU vs datasheet {DATASHEET_PEAK:.0f} and measured "
+        f"{measured or 'unknown'} TFLOP/s",
+        flush=True,
+    )
 
     header = ["settings", "ms/step", "TFLOP/s", "MFU % (989)", "MFU % (measured)", "peak GiB", "init s", "x old"]
     table, status, old_ms, keep = [], 0, None, None
@@ -225,9 +274,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         tflops = flops_per_step / (ms / 1000) / 1e12
         mem = torch.cuda.max_memory_allocated(device) / 2**30 if on_gpu else float("nan")
         old_ms = ms if name == "old" else old_ms
-        table.append([name, f"{ms:.1f}", f"{tflops:.1f}", f"{100 * tflops / DATASHEET_PEAK:.1f}",
-                      f"{100 * tflops / measured:.1f}" if measured else "-", f"{mem:.1f}", f"{init_s:.1f}",
-                      f"{ms / old_ms:.3f}" if old_ms else "-"])
+        table.append(
+            [
+                name,
+                f"{ms:.1f}",
+                f"{tflops:.1f}",
+                f"{100 * tflops / DATASHEET_PEAK:.1f}",
+                f"{100 * tflops / measured:.1f}" if measured else "-",
+                f"{mem:.1f}",
+                f"{init_s:.1f}",
+                f"{ms / old_ms:.3f}" if old_ms else "-",
+            ]
+        )
         print("measured:", "  ".join(map(str, table[-1])), flush=True)
         if name == "new":
             keep = v
@@ -245,7 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     with tempfile.TemporaryDirectory(prefix="bench_ds_") as tmp:
         rows, ok = round_trip(keep, args.warmup + args.steps, Path(tmp))
-    print_table("checkpoint round trip on the device: save -> step -> load -> same step (ZeRO-2, new settings)", ["check", "value"], rows)
+    print_table(
+        "checkpoint round trip on the device: save -> step -> load -> same step (ZeRO-2, new settings)",
+        ["check", "value"],
+        rows,
+    )
     print(f"# bench_deepspeed done in {time.perf_counter() - start:.0f} s")
     return status if ok else 1
 

@@ -38,14 +38,13 @@ class Case:
 
     name: str
     inputs: Callable[[torch.dtype], list[torch.Tensor]]
-    eager: Fn            # the pure-torch reference
-    triton: Fn           # the kernels op with backend="triton"
-    elems_fwd: int       # minimal HBM traffic, in elements
+    eager: Fn  # the pure-torch reference
+    triton: Fn  # the kernels op with backend="triton"
+    elems_fwd: int  # minimal HBM traffic, in elements
     elems_bwd: int
 
 
-def make_cases(B: int, grid: tuple[int, int, int], D: int, heads: int, hd: int,
-               device: torch.device) -> list[Case]:
+def make_cases(B: int, grid: tuple[int, int, int], D: int, heads: int, hd: int, device: torch.device) -> list[Case]:
     import kernels as K
 
     N = grid[0] * grid[1] * grid[2]
@@ -57,8 +56,13 @@ def make_cases(B: int, grid: tuple[int, int, int], D: int, heads: int, hd: int,
         return [rand(B, N, D, dtype=dtype), rand(B, D, dtype=dtype), rand(B, D, dtype=dtype, scale=0.5)]
 
     def fused_inputs(dtype):
-        return [rand(B, N, D, dtype=dtype), rand(B, D, dtype=dtype), rand(B, N, D, dtype=dtype),
-                rand(B, D, dtype=dtype), rand(B, D, dtype=dtype, scale=0.5)]
+        return [
+            rand(B, N, D, dtype=dtype),
+            rand(B, D, dtype=dtype),
+            rand(B, N, D, dtype=dtype),
+            rand(B, D, dtype=dtype),
+            rand(B, D, dtype=dtype, scale=0.5),
+        ]
 
     cos, sin = K.build_rope_3d_tables(grid, hd, device=device)
 
@@ -68,26 +72,47 @@ def make_cases(B: int, grid: tuple[int, int, int], D: int, heads: int, hd: int,
     act = B * N * D
     cases = []
     for norm in ("layer", "rms"):
-        cases.append(Case(
-            f"modulated_norm[{norm}]", norm_inputs,
-            lambda x, s, c, norm=norm: K.modulated_norm_reference(x, s, c, norm),
-            lambda x, s, c, norm=norm: K.modulated_norm(x, s, c, norm, backend="triton"),
-            elems_fwd=2 * act, elems_bwd=3 * act))  # fwd: x -> out; bwd: dout, x -> dx
-    cases.append(Case(
-        "gated_residual", lambda dt: [rand(B, N, D, dtype=dt), rand(B, D, dtype=dt), rand(B, N, D, dtype=dt)],
-        K.gated_residual_reference, lambda x, g, y: K.gated_residual(x, g, y, backend="triton"),
-        elems_fwd=3 * act, elems_bwd=3 * act))  # fwd: x, y -> h; bwd: dh, y -> dy (dx = dh)
-    cases.append(Case(
-        "gated_residual+norm[layer]", fused_inputs,
-        lambda x, g, y, s, c: K.gated_residual_modulated_norm_reference(x, g, y, s, c, "layer"),
-        lambda x, g, y, s, c: K.gated_residual_modulated_norm(x, g, y, s, c, "layer", backend="triton"),
-        elems_fwd=4 * act, elems_bwd=6 * act))  # fwd: x, y -> h, out; bwd: dout, dh, h, y -> dx, dy
+        cases.append(
+            Case(
+                f"modulated_norm[{norm}]",
+                norm_inputs,
+                lambda x, s, c, norm=norm: K.modulated_norm_reference(x, s, c, norm),
+                lambda x, s, c, norm=norm: K.modulated_norm(x, s, c, norm, backend="triton"),
+                elems_fwd=2 * act,
+                elems_bwd=3 * act,
+            )
+        )  # fwd: x -> out; bwd: dout, x -> dx
+    cases.append(
+        Case(
+            "gated_residual",
+            lambda dt: [rand(B, N, D, dtype=dt), rand(B, D, dtype=dt), rand(B, N, D, dtype=dt)],
+            K.gated_residual_reference,
+            lambda x, g, y: K.gated_residual(x, g, y, backend="triton"),
+            elems_fwd=3 * act,
+            elems_bwd=3 * act,
+        )
+    )  # fwd: x, y -> h; bwd: dh, y -> dy (dx = dh)
+    cases.append(
+        Case(
+            "gated_residual+norm[layer]",
+            fused_inputs,
+            lambda x, g, y, s, c: K.gated_residual_modulated_norm_reference(x, g, y, s, c, "layer"),
+            lambda x, g, y, s, c: K.gated_residual_modulated_norm(x, g, y, s, c, "layer", backend="triton"),
+            elems_fwd=4 * act,
+            elems_bwd=6 * act,
+        )
+    )  # fwd: x, y -> h, out; bwd: dout, dh, h, y -> dx, dy
     qk = B * heads * N * hd
-    cases.append(Case(
-        f"rope_3d[hd={hd}]", rope_inputs,
-        lambda q, k: K.apply_rope_reference(q, k, cos, sin),
-        lambda q, k: K.apply_rope(q, k, cos, sin, backend="triton"),
-        elems_fwd=4 * qk, elems_bwd=4 * qk))  # q, k -> q', k' (tables are L2-resident)
+    cases.append(
+        Case(
+            f"rope_3d[hd={hd}]",
+            rope_inputs,
+            lambda q, k: K.apply_rope_reference(q, k, cos, sin),
+            lambda q, k: K.apply_rope(q, k, cos, sin, backend="triton"),
+            elems_fwd=4 * qk,
+            elems_bwd=4 * qk,
+        )
+    )  # q, k -> q', k' (tables are L2-resident)
     return cases
 
 
@@ -145,8 +170,12 @@ def correctness(shape: Shape, device: torch.device) -> bool:
             ok &= passed
             rows.append([case.name, str(dtype).removeprefix("torch."), f"{err:.2f}", "PASS" if passed else "FAIL"])
     B, grid, D, heads, hd = shape
-    print_table(f"correctness (B={B} grid={grid} D={D} heads={heads} hd={hd}): max error / tolerance "
-                "over the output and every input gradient", ["op", "dtype", "err/tol", ""], rows)
+    print_table(
+        f"correctness (B={B} grid={grid} D={D} heads={heads} hd={hd}): max error / tolerance "
+        "over the output and every input gradient",
+        ["op", "dtype", "err/tol", ""],
+        rows,
+    )
     return ok
 
 
@@ -171,12 +200,26 @@ def timings(shape: Shape, device: torch.device, reps: int, use_compile: bool) ->
             vs_eager = ms["eager"] / ms["triton"]
             vs_comp = ms["compile"] / ms["triton"] if "compile" in ms else float("nan")
             goal = "ok" if vs_eager >= 1.3 and (vs_comp >= 1.0 or not use_compile) else "MISS"
-            rows.append([case.name, mode, ms["eager"], ms.get("compile", float("nan")), ms["triton"],
-                         nbytes / ms["triton"] / 1e6, vs_eager, vs_comp, goal if on_gpu else "-"])
+            rows.append(
+                [
+                    case.name,
+                    mode,
+                    ms["eager"],
+                    ms.get("compile", float("nan")),
+                    ms["triton"],
+                    nbytes / ms["triton"] / 1e6,
+                    vs_eager,
+                    vs_comp,
+                    goal if on_gpu else "-",
+                ]
+            )
     B, grid, D, heads, hd = shape
-    print_table(f"timings {str(dtype).removeprefix('torch.')}, B={B} grid={grid} D={D} heads={heads} hd={hd} "
-                f"(ms, median of {reps}; GB/s of the triton op; goal: >=1.3x eager, >=1x compile)",
-                ["op", "mode", "eager", "compile", "triton", "GB/s", "x eager", "x compile", "goal"], rows)
+    print_table(
+        f"timings {str(dtype).removeprefix('torch.')}, B={B} grid={grid} D={D} heads={heads} hd={hd} "
+        f"(ms, median of {reps}; GB/s of the triton op; goal: >=1.3x eager, >=1x compile)",
+        ["op", "mode", "eager", "compile", "triton", "GB/s", "x eager", "x compile", "goal"],
+        rows,
+    )
 
 
 def resample_timings(device: torch.device, reps: int, use_compile: bool, quick: bool) -> None:
@@ -203,8 +246,12 @@ def resample_timings(device: torch.device, reps: int, use_compile: bool, quick: 
             rows.append([f"{name} {factor}", tuple(x.shape), eager, comp, nbytes / eager / 1e6])
         if quick:
             break
-    print_table(f"pyramid resampling (dfm_video.dfm.pyramid, torch only, {str(dtype).removeprefix('torch.')}, "
-                f"ms, median of {reps})", ["op", "input", "eager", "compile", "eager GB/s"], rows)
+    print_table(
+        f"pyramid resampling (dfm_video.dfm.pyramid, torch only, {str(dtype).removeprefix('torch.')}, "
+        f"ms, median of {reps})",
+        ["op", "input", "eager", "compile", "eager GB/s"],
+        rows,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -111,7 +111,7 @@ def measure(grid, spec: dict, device: torch.device, dtype: torch.dtype, backend:
     for name, fn in (("block", run_block), ("attn", run_attn), ("mlp", run_mlp)):
         ms = bench(fn, device, reps, warmup=2)
         rows.append([name, L, ms, _peak_gib(fn, device)])
-    del block
+    block = None  # free the device memory before the attention-core runs
     for n in SP_SIZES:
         if H % n:
             continue
@@ -125,7 +125,7 @@ def measure(grid, spec: dict, device: torch.device, dtype: torch.dtype, backend:
 
         ms = bench(run_core, device, reps, warmup=2)
         rows.append([f"core/h{H // n} (N={n})", L, ms, _peak_gib(run_core, device)])
-        del q, k, v, go
+        q = k = v = go = None
     return rows
 
 
@@ -134,7 +134,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="CPU smoke test with a tiny layer")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda unless --quick)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per row (default 5 GPU, 2 quick)")
-    p.add_argument("--budget-s", type=float, default=40.0, help="skip a length that would end past this many s of timing")
+    p.add_argument(
+        "--budget-s", type=float, default=40.0, help="skip a length that would end past this many s of timing"
+    )
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cpu" if args.quick or not torch.cuda.is_available() else "cuda"))
     if device.type == "cuda" and not args.quick:
@@ -145,8 +147,10 @@ def main(argv=None) -> int:
     backend = resolve_attention_backend("auto", device)
     kb = kernels.resolve_backend("auto", device)
     print(env_line(device))
-    print(f"DiTBlock width {spec['dim']}, {spec['heads']} heads, mlp {spec['mlp_ratio']}x, {dtype}, batch 1, "
-          f"attention {backend}, kernels {kb}, {reps} reps (median), fwd+bwd")
+    print(
+        f"DiTBlock width {spec['dim']}, {spec['heads']} heads, mlp {spec['mlp_ratio']}x, {dtype}, batch 1, "
+        f"attention {backend}, kernels {kb}, {reps} reps (median), fwd+bwd"
+    )
     # Untimed warm-up on a tiny grid: compiles the Triton kernels and probes the attention
     # backend, so neither lands in the first length's time or in the budget estimate below.
     t0 = time.perf_counter()
@@ -175,15 +179,22 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
     table = []
     by_len: dict[int, dict[str, float]] = {}
-    for name, L, ms, gib in rows:
+    for name, L, ms, _gib in rows:
         by_len.setdefault(L, {})[name] = ms
     for name, L, ms, gib in rows:
         ref = by_len[L].get("block", float("nan"))
         measured = ms == ms and name not in ("OOM",) and not name.startswith("skipped")
-        tflops = fwd_bwd_flops(name, L, spec["dim"], spec["heads"], spec["mlp_ratio"]) / (ms * 1e-3) / 1e12 if measured else float("nan")
+        tflops = (
+            fwd_bwd_flops(name, L, spec["dim"], spec["heads"], spec["mlp_ratio"]) / (ms * 1e-3) / 1e12
+            if measured
+            else float("nan")
+        )
         table.append([name, L, ms, tflops, gib, ms / ref if measured and ref == ref else float("nan")])
-    print_table("DiT3D layer fwd+bwd vs tokens (core/hK: attention core with K heads over all tokens)",
-                ["part", "tokens", "ms", "TFLOP/s", "peak GiB", "x block"], table)
+    print_table(
+        "DiT3D layer fwd+bwd vs tokens (core/hK: attention core with K heads over all tokens)",
+        ["part", "tokens", "ms", "TFLOP/s", "peak GiB", "x block"],
+        table,
+    )
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
     return 0
 

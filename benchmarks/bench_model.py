@@ -67,8 +67,9 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
-def run_config(model_cfg, dfm_cfg, grid, batch: int, device: torch.device, dtype: torch.dtype, reps: int,
-               warmup: int = 2):
+def run_config(
+    model_cfg, dfm_cfg, grid, batch: int, device: torch.device, dtype: torch.dtype, reps: int, warmup: int = 2
+):
     """Build the model, time one training step; returns (ms, first-step s, peak GiB)."""
     torch.manual_seed(0)
     with torch.device(device):  # initialise on the device: DiT3D-XL's init takes seconds on a CPU
@@ -98,7 +99,7 @@ def run_config(model_cfg, dfm_cfg, grid, batch: int, device: torch.device, dtype
     first_s = time.perf_counter() - t0
     ms = bench(step, device, reps, warmup=warmup)
     peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    del model, levels, targets
+    model = levels = targets = None
     return ms, first_s, peak_gib
 
 
@@ -114,8 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backends", default="all", help="comma list, or `all` available on the device")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (always skipped on CPU)")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
-    p.add_argument("--kernels", default="auto", choices=("auto", "triton", "torch"),
-                   help="fused-op backend (model.kernels; `auto` with compiled blocks means torch)")
+    p.add_argument(
+        "--kernels",
+        default="auto",
+        choices=("auto", "triton", "torch"),
+        help="fused-op backend (model.kernels; `auto` with compiled blocks means torch)",
+    )
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device peak for MFU")
     args = p.parse_args(argv)
@@ -131,8 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         base = ModelConfig(name=args.size, in_channels=16, num_classes=700)
         grid = (args.frames, args.tokens, args.tokens)
-    base = dataclasses.replace(base, patch_size=(1, 2, 2), activation_checkpointing=args.checkpointing,
-                               kernels=args.kernels)
+    base = dataclasses.replace(
+        base, patch_size=(1, 2, 2), activation_checkpointing=args.checkpointing, kernels=args.kernels
+    )
     dtype = torch.bfloat16 if on_gpu else torch.float32
     reps = args.reps or (3 if not on_gpu else 5 if args.quick else 20)
     patches = stage_patch_sizes(base.patch_size, dfm_cfg.factors)

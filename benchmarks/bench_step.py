@@ -81,9 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", default="DiT3D-XL", help="registry size on GPU")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
     p.add_argument("--reps", type=int, default=None)
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="skip a row that would end past this many seconds (default: $GPU_CHECK_SECTION_BUDGET_S, "
-                        "else 120 with --quick, 240 without)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="skip a row that would end past this many seconds (default: $GPU_CHECK_SECTION_BUDGET_S, "
+        "else 120 with --quick, 240 without)",
+    )
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device peak for MFU")
     args = p.parse_args(argv)
 
@@ -110,13 +114,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     latent = level_shapes_for_grid(grid, stage_patch_sizes(base.patch_size, dfm[2].factors), "causal")[-1]
 
     print(f"# training step benchmark: {env_line(device)}")
-    print(f"{args.size if on_gpu else 'tiny'}: latent {latent} x C={base.in_channels}, grid {grid} = "
-          f"{math.prod(grid)} tokens, batch {batch}, {str(dtype).removeprefix('torch.')}, fwd + bwd, "
-          f"checkpointing {'on' if args.checkpointing else 'off'}, peak {peak or 'unknown'} TFLOP/s, "
-          f"triton: {reason or 'ok'}", flush=True)
+    print(
+        f"{args.size if on_gpu else 'tiny'}: latent {latent} x C={base.in_channels}, grid {grid} = "
+        f"{math.prod(grid)} tokens, batch {batch}, {str(dtype).removeprefix('torch.')}, fwd + bwd, "
+        f"checkpointing {'on' if args.checkpointing else 'off'}, peak {peak or 'unknown'} TFLOP/s, "
+        f"triton: {reason or 'ok'}",
+        flush=True,
+    )
     rows = plan(available_attention_backends(device), reason is None, args.quick, on_gpu)
-    header = ["row", "attention", "kernels", "stages", "blocks", "ms/step", "TFLOP/s", "MFU %",
-              "x baseline", "peak GiB", "1st step s", "note"]
+    header = [
+        "row",
+        "attention",
+        "kernels",
+        "stages",
+        "blocks",
+        "ms/step",
+        "TFLOP/s",
+        "MFU %",
+        "x baseline",
+        "peak GiB",
+        "1st step s",
+        "note",
+    ]
     table, status, base_ms, start = [], 0, None, time.perf_counter()
     for row in rows:
         cells = [row.group, row.attention, row.kernels, row.stages, "compiled" if row.compiled else "eager"]
@@ -146,8 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         table.append(cells + [ms, tflops, mfu, ratio, mem, first_s, ""])
         # printed now too: a section killed by its timeout still leaves the rows it measured
         print("measured:", "  ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in table[-1]), flush=True)
-    print_table(f"DiT3D training step (fwd + bwd), median of {reps} (ms); MFU % of {peak or '?'} TFLOP/s; "
-                "x baseline > 1 is faster", header, table)
+    print_table(
+        f"DiT3D training step (fwd + bwd), median of {reps} (ms); MFU % of {peak or '?'} TFLOP/s; "
+        "x baseline > 1 is faster",
+        header,
+        table,
+    )
     return status
 
 

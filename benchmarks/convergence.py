@@ -30,7 +30,7 @@ from dfm_video.autoencoders import load_autoencoder
 from dfm_video.config import Config, load_config
 from dfm_video.data.loader import open_training_data
 from dfm_video.dfm import TimestepParams, dfm_objective, recompose
-from dfm_video.eval.frechet import frechet_distance, feature_statistics
+from dfm_video.eval.frechet import feature_statistics, frechet_distance
 from dfm_video.evaluate import build_fid, build_fvd
 from dfm_video.media import to_uint8
 from dfm_video.models import build_model
@@ -51,17 +51,43 @@ class Preset:
 PRESETS = {
     # minutes on 2 CPU cores: the demo's model on the demo's pixel-codec shards
     "cpu": Preset(
-        ("model.depth=4", "model.hidden_size=128", "model.num_heads=4", "model.in_channels=3", "model.patch_size=[1,8,8]", "model.num_classes=3",
-         "model.attention=sdpa", "model.kernels=torch", "distributed.micro_batch_size=8", "distributed.global_batch_size=8",
-         "optim.lr=5e-4", "optim.warmup_steps=50", "train.ema_decay=0.99"),
-        steps=600, eval_every=150, num_eval=32,
+        (
+            "model.depth=4",
+            "model.hidden_size=128",
+            "model.num_heads=4",
+            "model.in_channels=3",
+            "model.patch_size=[1,8,8]",
+            "model.num_classes=3",
+            "model.attention=sdpa",
+            "model.kernels=torch",
+            "distributed.micro_batch_size=8",
+            "distributed.global_batch_size=8",
+            "optim.lr=5e-4",
+            "optim.warmup_steps=50",
+            "train.ema_decay=0.99",
+        ),
+        steps=600,
+        eval_every=150,
+        num_eval=32,
     ),
     # ~10 minutes on one H100 (bf16 autocast), same shards, a DiT3D-S/2 at full width
     "gpu": Preset(
-        ("model.name=DiT3D-S", "model.in_channels=3", "model.patch_size=[1,8,8]", "model.num_classes=3", "model.attention=auto", "model.kernels=auto",
-         "distributed.micro_batch_size=64", "distributed.global_batch_size=64", "optim.lr=3e-4", "optim.warmup_steps=200",
-         "train.ema_decay=0.999"),
-        steps=6000, eval_every=1000, num_eval=256,
+        (
+            "model.name=DiT3D-S",
+            "model.in_channels=3",
+            "model.patch_size=[1,8,8]",
+            "model.num_classes=3",
+            "model.attention=auto",
+            "model.kernels=auto",
+            "distributed.micro_batch_size=64",
+            "distributed.global_batch_size=64",
+            "optim.lr=3e-4",
+            "optim.warmup_steps=200",
+            "train.ema_decay=0.999",
+        ),
+        steps=6000,
+        eval_every=1000,
+        num_eval=256,
     ),
 }
 
@@ -96,19 +122,34 @@ def train_loop(cfg: Config, steps: int, device: torch.device, eval_every: int, o
     data = open_training_data(cfg, f"{cfg.dfm.num_stages}-stage run")
     torch.manual_seed(seed)
     model = build_model(cfg.model, cfg.dfm).to(device)
-    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    opt = torch.optim.AdamW(
+        param_groups(model, cfg.optim.weight_decay),
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        weight_decay=cfg.optim.weight_decay,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.optim.warmup_steps)))
     ema = EMA(model, cfg.train.ema_decay)
     ema_model = build_model(cfg.model, cfg.dfm).to(device).eval()
     meta = data.dataset_meta()
     params = TimestepParams.from_config(cfg.dfm)
     batches = data.batches(rank=0, world_size=1, start=0, device=device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
     for step in range(1, steps + 1):
         levels, y = next(batches)
         g = torch.Generator(device=device).manual_seed(seed * 100_003 + step)
         with amp:
-            out = dfm_objective(model, levels, y, params, class_dropout=cfg.model.class_dropout, null_class=model.null_class, generator=g)
+            out = dfm_objective(
+                model,
+                levels,
+                y,
+                params,
+                class_dropout=cfg.model.class_dropout,
+                null_class=model.null_class,
+                generator=g,
+            )
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -120,7 +161,9 @@ def train_loop(cfg: Config, steps: int, device: torch.device, eval_every: int, o
             on_eval(step, Generator(model=ema_model, cfg=cfg, meta=meta, source=Path(cfg.name)), data, out)
 
 
-def train_and_eval(method: str, preset: Preset, shards: str, seed: int, device: torch.device, extractors, real_stats, log) -> list[dict]:
+def train_and_eval(
+    method: str, preset: Preset, shards: str, seed: int, device: torch.device, extractors, real_stats, log
+) -> list[dict]:
     cfg = method_config(preset, shards, method, seed)
     rows = []
     t_start = time.perf_counter()
@@ -129,7 +172,13 @@ def train_and_eval(method: str, preset: Preset, shards: str, seed: int, device: 
         labels = [i % len(data.info.labels) for i in range(preset.num_eval)]
         latents, _ = generate(gen, labels, steps=list(cfg.sample.steps), tau=cfg.sample.tau, seed=1234 + seed)
         fake = [to_uint8(v) for v in decode_latents(gen, latents)]
-        row = {"method": method, "seed": seed, "step": step, "loss": float(out.loss.detach()), "wall_s": round(time.perf_counter() - t_start, 1)}
+        row = {
+            "method": method,
+            "seed": seed,
+            "step": step,
+            "loss": float(out.loss.detach()),
+            "wall_s": round(time.perf_counter() - t_start, 1),
+        }
         for name, fn in extractors.items():
             mu, sig = feature_statistics(fn([torch.from_numpy(c) for c in fake]).numpy(), f"{name} {method}")
             row[name] = float(frechet_distance(*real_stats[name], mu, sig, method="eigh"))
@@ -161,8 +210,13 @@ def seed_summary(rows: list[dict], metric: str) -> dict:
     fm = [r for r in rows if r["method"] == "fm"]
     target = fm[-1][metric]
     s_dfm, s_fm = steps_to_reach(dfm, metric, target), steps_to_reach(fm, metric, target)
-    return {"fm_final": target, "dfm_final": dfm[-1][metric], "dfm_steps": s_dfm, "fm_steps": s_fm,
-            "ratio": (s_dfm / s_fm) if s_dfm is not None and s_fm else None}
+    return {
+        "fm_final": target,
+        "dfm_final": dfm[-1][metric],
+        "dfm_steps": s_dfm,
+        "fm_steps": s_fm,
+        "ratio": (s_dfm / s_fm) if s_dfm is not None and s_fm else None,
+    }
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -196,16 +250,26 @@ def plot(rows: list[dict], metrics: list[str], path: Path) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", choices=list(PRESETS), default="cpu")
-    ap.add_argument("--shards", default="outputs/demo/shards", help="pyramid shards (make demo writes outputs/demo/shards)")
+    ap.add_argument(
+        "--shards", default="outputs/demo/shards", help="pyramid shards (make demo writes outputs/demo/shards)"
+    )
     ap.add_argument("--out", default="outputs/convergence")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's step budget")
     ap.add_argument("--eval-every", type=int, default=None)
     ap.add_argument("--num-eval", type=int, default=None)
     ap.add_argument("--metrics", default="fvd,fid")
-    ap.add_argument("--seeds", default="0,1,2", help="comma-separated; each changes initialisation, noise/timesteps and data order")
+    ap.add_argument(
+        "--seeds", default="0,1,2", help="comma-separated; each changes initialisation, noise/timesteps and data order"
+    )
     args = ap.parse_args(argv)
     preset = PRESETS[args.preset]
-    preset = Preset(preset.overrides, args.steps or preset.steps, args.eval_every or preset.eval_every, args.num_eval or preset.num_eval, preset.dfm_steps)
+    preset = Preset(
+        preset.overrides,
+        args.steps or preset.steps,
+        args.eval_every or preset.eval_every,
+        args.num_eval or preset.num_eval,
+        preset.dfm_steps,
+    )
     seeds = [int(v) for v in args.seeds.split(",")]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metrics = args.metrics.split(",")
@@ -214,8 +278,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     builders = {"fvd": lambda: build_fvd(None, device, 9), "fid": lambda: build_fid(None, device, 64)}
     extractors = {m: builders[m]().fn for m in metrics}
     real = real_clips(open_training_data(method_config(preset, args.shards, "dfm", seeds[0]), "real set"))
-    real_stats = {m: feature_statistics(fn([torch.from_numpy(c) for c in real]).numpy(), f"{m} real") for m, fn in extractors.items()}
-    print(f"real set: {len(real)} clips of {real[0].shape} from {args.shards}; device {device}; seeds {seeds}", flush=True)
+    real_stats = {
+        m: feature_statistics(fn([torch.from_numpy(c) for c in real]).numpy(), f"{m} real")
+        for m, fn in extractors.items()
+    }
+    print(
+        f"real set: {len(real)} clips of {real[0].shape} from {args.shards}; device {device}; seeds {seeds}", flush=True
+    )
     log_file = open(out / "log.jsonl", "w")
 
     def log(row: dict) -> None:
@@ -239,9 +308,24 @@ def main(argv: Optional[list[str]] = None) -> int:
             "seeds_where_dfm_reached_fm_final": len(ratios),
         }
     plot(rows, metrics, out / "curves.png")
-    (out / "results.json").write_text(json.dumps({"preset": args.preset, "preset_values": preset.__dict__, "seeds": seeds,
-                                                  "num_real": len(real), "rows": rows, "summary": summary}, indent=2))
-    print(f"\n{'step':>6} " + " ".join(f"{meth + ' ' + m:>16}" for m in metrics for meth in ("dfm", "fm")) + "   (mean +- std over seeds)")
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "preset_values": preset.__dict__,
+                "seeds": seeds,
+                "num_real": len(real),
+                "rows": rows,
+                "summary": summary,
+            },
+            indent=2,
+        )
+    )
+    print(
+        f"\n{'step':>6} "
+        + " ".join(f"{meth + ' ' + m:>16}" for m in metrics for meth in ("dfm", "fm"))
+        + "   (mean +- std over seeds)"
+    )
     for step in sorted({r["step"] for r in rows}):
         cells = []
         for m in metrics:
@@ -251,11 +335,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{step:>6} " + " ".join(cells))
     for m, s in summary.items():
         (fm_mu, fm_sd), (d_mu, d_sd) = s["fm_final"], s["dfm_final"]
-        line = f"{m}: final FM {fm_mu:.1f} +- {fm_sd:.1f}, DFM {d_mu:.1f} +- {d_sd:.1f}; steps DFM needs to reach FM's final score / FM's steps: "
+        line = (
+            f"{m}: final FM {fm_mu:.1f} +- {fm_sd:.1f}, DFM {d_mu:.1f} +- {d_sd:.1f}; "
+            "steps DFM needs to reach FM's final score / FM's steps: "
+        )
         if s["ratio"] is None:
             line += "DFM never reached it in any seed"
         else:
-            line += f"{s['ratio'][0]:.2f}x +- {s['ratio'][1]:.2f} ({s['seeds_where_dfm_reached_fm_final']}/{len(seeds)} seeds reached it; goal <= 0.6x)"
+            reached = f"{s['seeds_where_dfm_reached_fm_final']}/{len(seeds)}"
+            line += f"{s['ratio'][0]:.2f}x +- {s['ratio'][1]:.2f} ({reached} seeds reached it; goal <= 0.6x)"
         print(line)
     print(f"wrote {out / 'curves.png'} and {out / 'results.json'}")
     return 0

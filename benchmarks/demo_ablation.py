@@ -25,9 +25,20 @@ from dfm_video.demo.measures import fine_level_std, quality_summary
 from dfm_video.dfm import LevelStats
 from dfm_video.sample import decode_latents, generate
 
-BASE = ("model.depth=4", "model.hidden_size=128", "model.num_heads=4", "model.num_classes=3", "model.attention=sdpa",
-        "model.kernels=torch", "distributed.micro_batch_size=8", "distributed.global_batch_size=8", "optim.lr=5e-4",
-        "optim.warmup_steps=50", "train.ema_decay=0.99", "data.num_workers=0")
+BASE = (
+    "model.depth=4",
+    "model.hidden_size=128",
+    "model.num_heads=4",
+    "model.num_classes=3",
+    "model.attention=sdpa",
+    "model.kernels=torch",
+    "distributed.micro_batch_size=8",
+    "distributed.global_batch_size=8",
+    "optim.lr=5e-4",
+    "optim.warmup_steps=50",
+    "train.ema_decay=0.99",
+    "data.num_workers=0",
+)
 C48 = ("model.in_channels=48", "model.patch_size=[1,2,2]")
 C3 = ("model.in_channels=3", "model.patch_size=[1,8,8]")
 FM = ("dfm.num_stages=1", "dfm.factors=[]", "dfm.stage_probs=[1.0]", "sample.steps=[40]")
@@ -68,8 +79,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             for sampler, (dfm_steps, fm_steps, cfg_scale) in SAMPLERS.items():
                 steps = dfm_steps if cfg.dfm.num_stages > 1 else fm_steps
                 lat, _ = generate(gen, y, steps=steps, tau=0.9, cfg_scale=cfg_scale, seed=1234)
-                row = {"variant": name, "sampler": sampler, "steps": args.steps, "seed": args.seed,
-                       "train_s": round(time.perf_counter() - t0, 1), **quality_summary(decode_latents(gen, lat), real)}
+                row = {
+                    "variant": name,
+                    "sampler": sampler,
+                    "steps": args.steps,
+                    "seed": args.seed,
+                    "train_s": round(time.perf_counter() - t0, 1),
+                    **quality_summary(decode_latents(gen, lat), real),
+                }
                 if cfg.dfm.num_stages > 1:
                     row["fine_std"] = fine_level_std(lat, cfg.dfm.factors, cfg.dfm.temporal_mode, stats)
                 row["last_loss"] = float(out.loss.detach())

@@ -1,4 +1,5 @@
-"""Preprocessing throughput at a realistic shape: decoders, the plain-process ceiling, and the Ray pipeline with 1 and 2 workers.
+"""Preprocessing throughput at a realistic shape: decoders, the plain-process ceiling, and the Ray
+pipeline with 1 and 2 workers.
 
     python -m benchmarks.preprocess_throughput [--clips 6] [--seconds 10] [--frames 33] [--size 256]
 
@@ -36,19 +37,28 @@ from data_pipeline import preprocess as P
 from data_pipeline.decode import DecodeParams, decode_clip
 from data_pipeline.demo_clips import cut_clip, source_videos
 from data_pipeline.sources import build_sources
-from dfm_video.data.store import DatasetStore
 from dfm_video.config import load_config
+from dfm_video.data.store import DatasetStore
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "preprocess" / "tiny.yaml"
 SHAPE = {"frames": 33, "size": 256}  # set from the command line
 
 
 def settings() -> list[str]:
-    return [f"preprocess.num_frames={SHAPE['frames']}", "preprocess.fps=8.0",
-            f"preprocess.resolution=[{SHAPE['size']},{SHAPE['size']}]", "preprocess.samples_per_shard=2",
-            "preprocess.batch_size=1", "preprocess.progress=false", "preprocess.clips_per_task=1",
-            "preprocess.decode_cpus=0.5", "preprocess.encode_cpus=0.5", "preprocess.encode_actors=1",
-            "preprocess.decode_timeout_s=600", "dfm.factors=[[1,2,2]]"]
+    return [
+        f"preprocess.num_frames={SHAPE['frames']}",
+        "preprocess.fps=8.0",
+        f"preprocess.resolution=[{SHAPE['size']},{SHAPE['size']}]",
+        "preprocess.samples_per_shard=2",
+        "preprocess.batch_size=1",
+        "preprocess.progress=false",
+        "preprocess.clips_per_task=1",
+        "preprocess.decode_cpus=0.5",
+        "preprocess.encode_cpus=0.5",
+        "preprocess.encode_actors=1",
+        "preprocess.decode_timeout_s=600",
+        "dfm.factors=[[1,2,2]]",
+    ]
 
 
 def make_source(path: Path, seconds: float) -> Path:
@@ -122,8 +132,16 @@ def bench_decode_procs(folder: Path, procs: int, limit: int) -> float:
 
 def run_pipeline(folder: Path, out: Path, workers: int, limit: int) -> float:
     """Seconds for the Ray chain (Ray already up) to process the first `limit` clips."""
-    cfg = load_config(CONFIG, [f"preprocess.input_dir={folder / 'bench'}", f"preprocess.output_dir={out}", *settings(),
-                               f"preprocess.decode_concurrency={workers}", f"preprocess.limit={limit}"])
+    cfg = load_config(
+        CONFIG,
+        [
+            f"preprocess.input_dir={folder / 'bench'}",
+            f"preprocess.output_dir={out}",
+            *settings(),
+            f"preprocess.decode_concurrency={workers}",
+            f"preprocess.limit={limit}",
+        ],
+    )
     codec, levels = P.plan_levels(cfg)
     items = [asdict(it) for it in build_sources(cfg.preprocess).items]
     DatasetStore(out).close()
@@ -166,7 +184,9 @@ def main() -> None:
         ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
         results = {}
         try:
-            run_pipeline(folder, folder / "warmup", 1, 2)  # first-use costs of the Ray session (and the decoder processes)
+            run_pipeline(
+                folder, folder / "warmup", 1, 2
+            )  # first-use costs of the Ray session (and the decoder processes)
             for w in (1, 2):  # ceiling and pipeline measured back to back, so they see the same load
                 ceiling = bench_decode_procs(folder, w, 2 * args.clips)
                 marginal, whole = bench_pipeline(folder, w, args.clips)
@@ -176,16 +196,22 @@ def main() -> None:
         finally:
             ray.shutdown()
 
-    print(f"\nn = {args.clips} clips of {args.seconds - 0.5:.1f} s, 1280x720 libx264 25 fps -> {args.frames} frames at 8 fps, "
-          f"{args.size}x{args.size}, pixel codec (1,4,4), factors [[1,2,2]]; {os.cpu_count()} CPUs, "
-          f"load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after the pipeline runs")
+    print(
+        f"\nn = {args.clips} clips of {args.seconds - 0.5:.1f} s, "
+        f"1280x720 libx264 25 fps -> {args.frames} frames at 8 fps, "
+        f"{args.size}x{args.size}, pixel codec (1,4,4), factors [[1,2,2]]; {os.cpu_count()} CPUs, "
+        f"load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after the pipeline runs"
+    )
     print("| what | clips/s (decode / pipeline marginal) | clips/s (pipeline, whole 2n job) |\n|---|---|---|")
     for name, steady, whole in rows:
         print(f"| {name} | {steady:.2f} | {'' if whole is None else f'{whole:.2f}'} |")
     for w, (ceiling, marginal) in results.items():
         print(f"pipeline / ceiling at {w} worker(s): {marginal / ceiling:.2f} (goal >= 0.90)")
-    print(f"pipeline: 2 workers / 1 worker = {results[2][1] / results[1][1]:.2f}x (goal >= 1.6x where the ceiling allows); "
-          f"ceiling 2 / 1 processes = {results[2][0] / results[1][0]:.2f}x")
+    print(
+        f"pipeline: 2 workers / 1 worker = {results[2][1] / results[1][1]:.2f}x "
+        "(goal >= 1.6x where the ceiling allows); "
+        f"ceiling 2 / 1 processes = {results[2][0] / results[1][0]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

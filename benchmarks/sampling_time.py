@@ -22,7 +22,10 @@ from dfm_video.sample import Generator, generate
 
 SIZES = {
     # name: (overrides, latent (C, T, H, W))
-    "demo": (["model.depth=4", "model.hidden_size=128", "model.num_heads=4", "model.in_channels=48", "model.num_classes=3"], (48, 9, 8, 8)),
+    "demo": (
+        ["model.depth=4", "model.hidden_size=128", "model.num_heads=4", "model.in_channels=48", "model.num_classes=3"],
+        (48, 9, 8, 8),
+    ),
     "s": (["model.name=DiT3D-S", "model.in_channels=16", "model.num_classes=3"], (16, 5, 32, 32)),
     "xl": (["model.name=DiT3D-XL", "model.in_channels=16"], (16, 13, 64, 64)),
 }
@@ -48,7 +51,10 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    runs = {"DFM [30, 10]": (build(args.size, 2, device, dtype), [30, 10]), "FM 40": (build(args.size, 1, device, dtype), [40])}
+    runs = {
+        "DFM [30, 10]": (build(args.size, 2, device, dtype), [30, 10]),
+        "FM 40": (build(args.size, 1, device, dtype), [40]),
+    }
     times: dict[str, list[float]] = {k: [] for k in runs}
     for rep in range(args.repeats + 1):  # the first round warms up
         for name, (gen, steps) in runs.items():
@@ -61,7 +67,10 @@ def main() -> None:
             if rep:
                 times[name].append(time.perf_counter() - t0)
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {dev}, size {args.size}, latent {SIZES[args.size][1]}, {args.dtype}, 40 NFE, batch 1, median of {args.repeats}")
+    print(
+        f"device: {dev}, size {args.size}, latent {SIZES[args.size][1]}, "
+        f"{args.dtype}, 40 NFE, batch 1, median of {args.repeats}"
+    )
     print(f"{'method':<14} {'s/video':>9} {'ms/NFE':>8}")
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():

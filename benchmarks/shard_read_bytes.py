@@ -54,11 +54,27 @@ class CountingFile(io.RawIOBase):
 
 def write(path: Path, clips: int, dtype: str, row_group: int) -> None:
     torch.manual_seed(0)
-    samples = [S.Sample(f"k{i}", "a", 0, "train", f"/x/{i}.mp4", 8.0, 25.0, list(range(49)),
-                        [torch.randn(*s) for s in SHAPES], 360, 640) for i in range(clips)]
+    samples = [
+        S.Sample(
+            f"k{i}",
+            "a",
+            0,
+            "train",
+            f"/x/{i}.mp4",
+            8.0,
+            25.0,
+            list(range(49)),
+            [torch.randn(*s) for s in SHAPES],
+            360,
+            640,
+        )
+        for i in range(clips)
+    ]
     meta = S.ShardMeta(clips, [[1, 2, 2]], "causal", SHAPES, {"id": "bench"}, {}, latent_dtype=dtype)
     table = S.samples_to_table(samples, meta)
-    S.write_table_atomic(table, path, uncompressed=[S.level_column(s) for s in range(len(SHAPES))], row_group_size=row_group)
+    S.write_table_atomic(
+        table, path, uncompressed=[S.level_column(s) for s in range(len(SHAPES))], row_group_size=row_group
+    )
 
 
 def bytes_per_sample(path: Path, reads: int) -> float:
@@ -90,7 +106,9 @@ def main() -> None:
             rows.append((label, path.stat().st_size, bytes_per_sample(path, args.reads)))
     itemsize = 4 if args.dtype == "float32" else 2
     one_clip = sum(itemsize * int(torch.tensor(s).prod()) for s in SHAPES)
-    print(f"shard of {args.clips} clips, levels {SHAPES}, {args.dtype}; one clip's latents = {one_clip / 2**20:.2f} MiB")
+    print(
+        f"shard of {args.clips} clips, levels {SHAPES}, {args.dtype}; one clip's latents = {one_clip / 2**20:.2f} MiB"
+    )
     print("| layout | shard MiB | MiB read per random sample | x one clip |\n|---|---|---|---|")
     for label, size, per in rows:
         print(f"| {label} | {size / 2**20:.1f} | {per / 2**20:.2f} | {per / one_clip:.2f} |")

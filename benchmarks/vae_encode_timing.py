@@ -1,8 +1,8 @@
 """VAE encode seconds per clip at the k700 preprocessing shape (the GPU number docs/capacity.md needs).
 
-    python benchmarks/vae_encode_timing.py            # CUDA, bf16, 1 x 3 x 49 x 512 x 512 (about 40-70 s on an H100/H200)
+    python benchmarks/vae_encode_timing.py            # CUDA, bf16, 1x3x49x512x512 (about 40-70 s on an H100/H200)
     python benchmarks/vae_encode_timing.py --quick    # CPU, float32, tiny shape (< 1 minute here)
-    python benchmarks/vae_encode_timing.py --flops    # CPU: encoder FLOPs per clip, counted at small shapes, extrapolated
+    python benchmarks/vae_encode_timing.py --flops    # CPU: encoder FLOPs per clip, counted small, extrapolated
 
 The CogVideoX-2b VAE architecture (diffusers `AutoencoderKLCogVideoX`) is built from its config
 written out below, with random weights (timing does not depend on the weight values; nothing is
@@ -23,17 +23,39 @@ import torch
 
 # CogVideoX-2b `vae/config.json` (THUDM/CogVideoX-2b), written out so no hub access is needed.
 COGVIDEOX_2B_VAE = dict(
-    in_channels=3, out_channels=3,
-    down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
-    block_out_channels=(128, 256, 256, 512), latent_channels=16, layers_per_block=3, act_fn="silu",
-    norm_eps=1e-6, norm_num_groups=32, temporal_compression_ratio=4, sample_height=480, sample_width=720,
-    scaling_factor=1.15258426, shift_factor=None, latents_mean=None, latents_std=None, force_upcast=True,
-    use_quant_conv=False, use_post_quant_conv=False,
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("CogVideoXDownBlock3D",) * 4,
+    up_block_types=("CogVideoXUpBlock3D",) * 4,
+    block_out_channels=(128, 256, 256, 512),
+    latent_channels=16,
+    layers_per_block=3,
+    act_fn="silu",
+    norm_eps=1e-6,
+    norm_num_groups=32,
+    temporal_compression_ratio=4,
+    sample_height=480,
+    sample_width=720,
+    scaling_factor=1.15258426,
+    shift_factor=None,
+    latents_mean=None,
+    latents_std=None,
+    force_upcast=True,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
 )
 # A tiny variant of the same architecture for --quick on CPU.
-TINY_VAE = dict(COGVIDEOX_2B_VAE, down_block_types=("CogVideoXDownBlock3D",) * 3, up_block_types=("CogVideoXUpBlock3D",) * 3,
-                block_out_channels=(8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=4,
-                sample_height=32, sample_width=32)
+TINY_VAE = dict(
+    COGVIDEOX_2B_VAE,
+    down_block_types=("CogVideoXDownBlock3D",) * 3,
+    up_block_types=("CogVideoXUpBlock3D",) * 3,
+    block_out_channels=(8, 8, 8),
+    latent_channels=4,
+    layers_per_block=1,
+    norm_num_groups=4,
+    sample_height=32,
+    sample_width=32,
+)
 
 
 def sync(device: torch.device) -> None:
@@ -115,7 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print("error: no CUDA device (use --quick on CPU)", file=sys.stderr)
             return 2
-        device, dtype, cfg, frames, size = torch.device("cuda"), torch.bfloat16, COGVIDEOX_2B_VAE, args.frames, args.size
+        device, dtype, cfg, frames, size = (
+            torch.device("cuda"),
+            torch.bfloat16,
+            COGVIDEOX_2B_VAE,
+            args.frames,
+            args.size,
+        )
     torch.manual_seed(0)
     with torch.device(device):  # build the weights directly on the device (seconds instead of a CPU init)
         vae = AutoencoderKLCogVideoX(**cfg)
@@ -125,9 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     video = torch.rand(1, 3, frames, size, size, device=device, dtype=dtype) * 2 - 1
     name = "cogvideox-2b-vae" if not args.quick else "cogvideox-tiny-vae"
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"# {name} ({params / 1e6:.3f} M encoder params, random weights), {str(dtype).split('.')[-1]}, device {gpu}, "
-          f"torch {torch.__version__}")
-    print(f"# clip 1 x 3 x {frames} x {size} x {size}; warm-up + up to {args.repeats} repeats; budget {args.budget_s:.0f} s")
+    print(
+        f"# {name} ({params / 1e6:.3f} M encoder params, random weights), {str(dtype).split('.')[-1]}, device {gpu}, "
+        f"torch {torch.__version__}"
+    )
+    print(
+        f"# clip 1 x 3 x {frames} x {size} x {size}; warm-up + up "
+        f"to {args.repeats} repeats; budget {args.budget_s:.0f} s"
+    )
     print(f"{'mode':<16} {'s/clip (median)':>16} {'min':>8} {'max':>8} {'repeats':>8} {'peak GiB':>9}  latent")
     modes = [("plain", False), ("tiling+slicing", True)]
     for mode, tiled in modes:
@@ -145,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         if not times:
             print(f"{mode:<16} warm-up only (time budget spent)")
             continue
-        print(f"{mode:<16} {statistics.median(times):>16.3f} {min(times):>8.3f} {max(times):>8.3f} {len(times):>8d} "
-              f"{peak:>9.2f}  {list(shape)}")
+        print(
+            f"{mode:<16} {statistics.median(times):>16.3f} {min(times):>8.3f} {max(times):>8.3f} {len(times):>8d} "
+            f"{peak:>9.2f}  {list(shape)}"
+        )
     print(f"# total wall {time.time() - t_start:.1f} s")
     return 0
 

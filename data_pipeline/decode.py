@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from dfm_video.config.schema import PreprocessConfig
+
 # One rule for training clips and evaluation clips: the resize/crop and the constant-rate frame
 # pick (`pick_by_time` generalises it to variable frame rates) live beside the evaluation reader.
 from dfm_video.media import resize_crop, sample_indices  # noqa: F401  (re-exported)
@@ -57,8 +58,14 @@ class DecodeParams:
     @classmethod
     def from_config(cls, cfg: PreprocessConfig) -> "DecodeParams":
         frames = 1 if cfg.input_type == "images" else cfg.num_frames
-        return cls(frames, cfg.fps, tuple(cfg.resolution), cfg.decoder, cfg.decode_threads,
-                   os.environ.get("DFM_TEST_DECODE_HOOK", ""))
+        return cls(
+            frames,
+            cfg.fps,
+            tuple(cfg.resolution),
+            cfg.decoder,
+            cfg.decode_threads,
+            os.environ.get("DFM_TEST_DECODE_HOOK", ""),
+        )
 
 
 class ClipRejected(Exception):
@@ -201,7 +208,11 @@ def read_pyav(path: str, p: DecodeParams) -> tuple[np.ndarray, list[int], float]
             raw = None
             for frame in container.decode(stream):
                 # raw elementary streams carry no timestamps: those frames are one average interval apart
-                raw = Fraction(frame.pts) * frame.time_base if frame.pts is not None else (raw + step if raw is not None else Fraction(0))
+                raw = (
+                    Fraction(frame.pts) * frame.time_base
+                    if frame.pts is not None
+                    else (raw + step if raw is not None else Fraction(0))
+                )
                 if not times:
                     t0, rotation = raw, int(frame.rotation or 0)
                 t = raw - t0
@@ -259,15 +270,18 @@ def decode_clip(path: str, is_image: bool, p: DecodeParams) -> Decoded:
                 raise ClipRejected(exc2.reason, f"{exc2.detail} (decord: {exc.detail})") from exc2
             decoder = "pyav-fallback"
             if not _fallback_logged:
-                log.warning("decord could not read %s; PyAV decoded it (identical frames, slower): %s", path, exc.detail)
+                log.warning(
+                    "decord could not read %s; PyAV decoded it (identical frames, slower): %s", path, exc.detail
+                )
                 _fallback_logged = True
     else:
         frames, idx, fps = read_pyav(path, p)
     return Decoded(resize_crop(frames, p.resolution), idx, fps, decoder, (int(frames.shape[1]), int(frames.shape[2])))
 
 
-def decode_batch(batch: dict[str, np.ndarray], params: DecodeParams, isolation: Any = None,
-                 workers: int = 1) -> dict[str, np.ndarray]:
+def decode_batch(
+    batch: dict[str, np.ndarray], params: DecodeParams, isolation: Any = None, workers: int = 1
+) -> dict[str, np.ndarray]:
     """Ray Data stage: clip items -> items + frames (N, F, H, W, 3) uint8 + sampling + reject info.
 
     With `isolation` (`data_pipeline.isolate.IsolationSettings`) every clip is decoded in a child
@@ -296,9 +310,17 @@ def decode_batch(batch: dict[str, np.ndarray], params: DecodeParams, isolation: 
             continue
         frames[i], indices[i], fps[i], decoder[i] = clip.frames, clip.indices, clip.source_fps, clip.decoder
         src_h[i], src_w[i] = clip.source_hw
-    out.update(frames=frames, frame_indices=indices, source_fps=fps, source_height=src_h, source_width=src_w,
-               decoder=np.array(decoder, dtype=object), stage=np.array(stage, dtype=object),
-               reason=np.array(reason, dtype=object), detail=np.array(detail, dtype=object))
+    out.update(
+        frames=frames,
+        frame_indices=indices,
+        source_fps=fps,
+        source_height=src_h,
+        source_width=src_w,
+        decoder=np.array(decoder, dtype=object),
+        stage=np.array(stage, dtype=object),
+        reason=np.array(reason, dtype=object),
+        detail=np.array(detail, dtype=object),
+    )
     return out
 
 

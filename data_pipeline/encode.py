@@ -44,9 +44,18 @@ class EncodeSpec:
     def from_config(cls, cfg: Config, level_shapes: list[tuple[int, int, int, int]]) -> "EncodeSpec":
         p = cfg.preprocess
         hook = tuple(n for n in os.environ.get("DFM_TEST_ENCODE_HOOK", "").split(",") if n)
-        return cls(p.autoencoder, p.autoencoder_path, tuple(p.pixel_patch), p.autoencoder_dtype, p.encode_gpus > 0,
-                   tuple(tuple(f) for f in cfg.dfm.factors), cfg.dfm.temporal_mode, tuple(tuple(s) for s in level_shapes),
-                   p.batch_size, hook)
+        return cls(
+            p.autoencoder,
+            p.autoencoder_path,
+            tuple(p.pixel_patch),
+            p.autoencoder_dtype,
+            p.encode_gpus > 0,
+            tuple(tuple(f) for f in cfg.dfm.factors),
+            cfg.dfm.temporal_mode,
+            tuple(tuple(s) for s in level_shapes),
+            p.batch_size,
+            hook,
+        )
 
 
 def frames_to_video(frames: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
@@ -71,7 +80,9 @@ class EncodeStage:
             raise RuntimeError("preprocess.encode_gpus > 0 but this Ray actor sees no CUDA device")
         self.spec = spec
         device = "cuda" if spec.use_gpu else "cpu"
-        self.ae = load_autoencoder(spec.kind, spec.path, device=device, dtype=DTYPES[spec.dtype], pixel_patch=spec.pixel_patch)
+        self.ae = load_autoencoder(
+            spec.kind, spec.path, device=device, dtype=DTYPES[spec.dtype], pixel_patch=spec.pixel_patch
+        )
 
     def _encode(self, frames: np.ndarray, paths: list[str]) -> list[Tensor]:
         hit = [p for p in paths if os.path.basename(p) in self.spec.fault_names]
@@ -112,8 +123,15 @@ class EncodeStage:
         for s, x in enumerate(encoded):
             levels[s][group] = x.numpy()
 
-    def _reject(self, batch: dict[str, np.ndarray], i: int, exc: Exception, stage: np.ndarray, reason: np.ndarray,
-                detail: np.ndarray) -> None:
+    def _reject(
+        self,
+        batch: dict[str, np.ndarray],
+        i: int,
+        exc: Exception,
+        stage: np.ndarray,
+        reason: np.ndarray,
+        detail: np.ndarray,
+    ) -> None:
         if self.spec.use_gpu:
             torch.cuda.empty_cache()  # after an out-of-memory error the next clip gets a clean allocator
         stage[i], reason[i] = "encode", "autoencoder error"

@@ -30,10 +30,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from data_pipeline.decode import ClipRejected, DecodeParams, Decoded, TransientIOError, decode_clip
+from data_pipeline.decode import ClipRejected, Decoded, DecodeParams, TransientIOError, decode_clip
 
-TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EINTR, errno.ECONNRESET,
-                    errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH}
+TRANSIENT_ERRNOS = {
+    errno.EIO,
+    errno.EAGAIN,
+    errno.ETIMEDOUT,
+    errno.ESTALE,
+    errno.EINTR,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+}
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,9 @@ def _context() -> Any:
     with _CTX_LOCK:
         if _CTX is None:
             ctx = mp.get_context("forkserver")
-            ctx.set_forkserver_preload(["data_pipeline.isolate", "data_pipeline.decode", "numpy", "torch", "av", "decord"])
+            ctx.set_forkserver_preload(
+                ["data_pipeline.isolate", "data_pipeline.decode", "numpy", "torch", "av", "decord"]
+            )
             _CTX = ctx
         return _CTX
 
@@ -166,14 +177,22 @@ class DecoderProcess:
             pass  # the child died: its exit status says how
         if hung:  # no answer in time
             self.stop()
-            return ("reject", f"decode timeout after {timeout:g} s", f"{path}: decoding took longer than "
-                    f"preprocess.decode_timeout_s={timeout:g} s; the decoder process was killed")
+            return (
+                "reject",
+                f"decode timeout after {timeout:g} s",
+                f"{path}: decoding took longer than "
+                f"preprocess.decode_timeout_s={timeout:g} s; the decoder process was killed",
+            )
         self.proc.join(timeout=5)
         code = self.proc.exitcode
         self.stop()
         if code is not None and code < 0:
             name = signal.Signals(-code).name
-            return ("reject", f"decoder crashed: {name}", f"{path}: the decoder process died of {name} (signal {-code})")
+            return (
+                "reject",
+                f"decoder crashed: {name}",
+                f"{path}: the decoder process died of {name} (signal {-code})",
+            )
         return ("reject", "decoder crashed", f"{path}: the decoder process exited with status {code}")
 
     def decode(self, path: str, is_image: bool, params: DecodeParams) -> Decoded | ClipRejected:

@@ -47,10 +47,10 @@ from data_pipeline.resources import check_config, check_resources, preflight, wa
 from data_pipeline.sources import build_sources
 from data_pipeline.stages import EncodeWriteStage, FusedStage, StageSpec
 from data_pipeline.writer import WriterSpec
-from dfm_video.data.store import DatasetStore
 from dfm_video.autoencoders import autoencoder_info, geometry_of
 from dfm_video.config.loader import load_config, require
 from dfm_video.config.schema import Config
+from dfm_video.data.store import DatasetStore
 from dfm_video.dfm.pyramid import level_shapes as pyramid_shapes
 
 log = logging.getLogger("data_pipeline.preprocess")
@@ -80,9 +80,11 @@ class Summary:
         if self.ignored:
             listing = ", ".join(f"{n} {ext}" for ext, n in sorted(self.ignored.items()))
             extra += f", {sum(self.ignored.values())} non-media files ignored ({listing})"
-        return (f"preprocess: {self.ok} ok, {self.rejected} rejected, {self.skipped} skipped{extra} in "
-                f"{self.elapsed_s:.1f} s ({self.clips_per_s:.2f} clips/s); dataset {self.num_samples} clips, "
-                f"{self.num_rejected} rejects -> {self.output_dir}")
+        return (
+            f"preprocess: {self.ok} ok, {self.rejected} rejected, {self.skipped} skipped{extra} in "
+            f"{self.elapsed_s:.1f} s ({self.clips_per_s:.2f} clips/s); dataset {self.num_samples} clips, "
+            f"{self.num_rejected} rejects -> {self.output_dir}"
+        )
 
 
 def plan_levels(cfg: Config) -> tuple[dict, list[list[int]]]:
@@ -120,23 +122,41 @@ def build_dataset(items: list[dict], cfg: Config, levels: list[list[int]], codec
 
     p = cfg.preprocess
     isolation = IsolationSettings(p.decode_timeout_s, p.decode_memory_mb, p.io_retries)
-    writer = WriterSpec(p.output_dir, [list(f) for f in cfg.dfm.factors], cfg.dfm.temporal_mode, levels, codec, p.fps,
-                        p.latent_dtype, run_id)
+    writer = WriterSpec(
+        p.output_dir,
+        [list(f) for f in cfg.dfm.factors],
+        cfg.dfm.temporal_mode,
+        levels,
+        codec,
+        p.fps,
+        p.latent_dtype,
+        run_id,
+    )
     decode = DecodeParams.from_config(p)
     spec = StageSpec(EncodeSpec.from_config(cfg, levels), writer, decode, isolation, p.decode_workers)
     # Blocks of clips_per_task items: a decode task (and so a retry) covers at most that many clips.
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / p.clips_per_task)))
-    actor_args = dict(batch_size=p.samples_per_shard, compute=ray.data.ActorPoolStrategy(size=p.encode_actors),
-                      num_cpus=p.encode_cpus, num_gpus=p.encode_gpus or None, batch_format="numpy",
-                      fn_constructor_kwargs={"spec": spec})
+    actor_args = dict(
+        batch_size=p.samples_per_shard,
+        compute=ray.data.ActorPoolStrategy(size=p.encode_actors),
+        num_cpus=p.encode_cpus,
+        num_gpus=p.encode_gpus or None,
+        batch_format="numpy",
+        fn_constructor_kwargs={"spec": spec},
+    )
     if p.layout == "fused":
         return ds.map_batches(FusedStage, **actor_args)
-    ds = ds.map_batches(decode_batch, fn_kwargs={"params": decode, "isolation": isolation, "workers": 1},
-                        batch_size=p.clips_per_task, compute=ray.data.TaskPoolStrategy(size=p.decode_concurrency),
-                        num_cpus=p.decode_cpus,
-                        # a task-only option: keeps Ray Data from fusing decoding into the encoder
-                        # actors (which would cap decode parallelism at encode_actors)
-                        max_calls=1000, batch_format="numpy")
+    ds = ds.map_batches(
+        decode_batch,
+        fn_kwargs={"params": decode, "isolation": isolation, "workers": 1},
+        batch_size=p.clips_per_task,
+        compute=ray.data.TaskPoolStrategy(size=p.decode_concurrency),
+        num_cpus=p.decode_cpus,
+        # a task-only option: keeps Ray Data from fusing decoding into the encoder
+        # actors (which would cap decode parallelism at encode_actors)
+        max_calls=1000,
+        batch_format="numpy",
+    )
     return ds.map_batches(EncodeWriteStage, **actor_args)
 
 
@@ -151,8 +171,13 @@ def _start_ray(cfg: Config) -> bool:
     if ray.is_initialized():
         return False
     address = cfg.preprocess.ray_address or None
-    ray.init(address=address, num_cpus=None if address else cfg.preprocess.num_cpus,
-             include_dashboard=False, configure_logging=False, log_to_driver=True)
+    ray.init(
+        address=address,
+        num_cpus=None if address else cfg.preprocess.num_cpus,
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=True,
+    )
     return True
 
 
@@ -176,16 +201,32 @@ def run(cfg: Config) -> Summary:
         status: Counter = Counter()
         if pending:
             status = _process(cfg, pending, levels, codec, run_id)
-        run_record = {"run_id": run_id, "ok": status["ok"], "rejected": status["rejected"],
-                      "skipped": len(sources.items) - len(pending), "ignored_files": sources.ignored,
-                      "seconds": round(time.time() - start, 2)}
-        manifest = out.finalize(run_record, levels, [list(f) for f in cfg.dfm.factors], cfg.dfm.temporal_mode, codec,
-                                sources.ignored)
+        run_record = {
+            "run_id": run_id,
+            "ok": status["ok"],
+            "rejected": status["rejected"],
+            "skipped": len(sources.items) - len(pending),
+            "ignored_files": sources.ignored,
+            "seconds": round(time.time() - start, 2),
+        }
+        manifest = out.finalize(
+            run_record, levels, [list(f) for f in cfg.dfm.factors], cfg.dfm.temporal_mode, codec, sources.ignored
+        )
     finally:
         out.close()
-    return Summary(status["ok"], status["rejected"], len(sources.items) - len(pending), len(sources.rejects),
-                   status["pyav-fallback"], time.time() - start, manifest["num_samples"], manifest["num_rejected"],
-                   str(p.output_dir), dict(sources.ignored), run_id)
+    return Summary(
+        status["ok"],
+        status["rejected"],
+        len(sources.items) - len(pending),
+        len(sources.rejects),
+        status["pyav-fallback"],
+        time.time() - start,
+        manifest["num_samples"],
+        manifest["num_rejected"],
+        str(p.output_dir),
+        dict(sources.ignored),
+        run_id,
+    )
 
 
 def _process(cfg: Config, pending: list[dict], levels: list[list[int]], codec: dict, run_id: str) -> Counter:
@@ -199,7 +240,9 @@ def _process(cfg: Config, pending: list[dict], levels: list[list[int]], codec: d
             preflight(cfg.preprocess)
         counts: Counter = Counter()
         with tqdm(total=len(pending), unit="clip", desc="preprocess", disable=not cfg.preprocess.progress) as bar:
-            for batch in build_dataset(pending, cfg, levels, codec, run_id).iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in build_dataset(pending, cfg, levels, codec, run_id).iter_batches(
+                batch_size=None, batch_format="numpy"
+            ):
                 counts.update(str(s) for s in batch["status"])
                 counts.update(str(d) for d in batch["decoder"] if d == "pyav-fallback")
                 bar.update(len(batch["status"]))
@@ -213,8 +256,14 @@ def _process(cfg: Config, pending: list[dict], levels: list[list[int]], codec: d
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="data_pipeline.preprocess", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="YAML config (a path, or a name under configs/)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value, e.g. --set preprocess.limit=100 (repeatable)")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set preprocess.limit=100 (repeatable)",
+    )
     ap.add_argument("--strict", action="store_true", help="exit 1 when the dataset has any rejected clip")
     return ap.parse_args(argv)
 
@@ -233,8 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(summary.line(), flush=True)
     if cfg.preprocess.strict and summary.num_rejected:
-        print(f"error: --strict: {summary.num_rejected} clip(s) rejected, see {Path(cfg.preprocess.output_dir) / 'rejects.parquet'}",
-              file=sys.stderr)
+        print(
+            f"error: --strict: {summary.num_rejected} clip(s) rejected, "
+            f"see {Path(cfg.preprocess.output_dir) / 'rejects.parquet'}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

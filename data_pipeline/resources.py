@@ -58,8 +58,10 @@ def plan(p: PreprocessConfig) -> ResourcePlan:
     lines = []
     cpus = p.encode_actors * p.encode_cpus
     gpus = p.encode_actors * p.encode_gpus
-    lines.append(f"encode_actors x encode_cpus = {p.encode_actors} x {p.encode_cpus} CPUs"
-                 + (f", encode_actors x encode_gpus = {p.encode_actors} x {p.encode_gpus} GPUs" if p.encode_gpus else ""))
+    lines.append(
+        f"encode_actors x encode_cpus = {p.encode_actors} x {p.encode_cpus} CPUs"
+        + (f", encode_actors x encode_gpus = {p.encode_actors} x {p.encode_gpus} GPUs" if p.encode_gpus else "")
+    )
     if p.layout == "split":
         tasks = p.decode_concurrency or 1  # None = as many as fit; at least one must
         cpus += tasks * p.decode_cpus
@@ -72,7 +74,9 @@ def _missing(rp: ResourcePlan, cluster: dict[str, float], node_gpus: list[float]
     if rp.gpus > 0 and cluster.get("GPU", 0) < rp.gpus:
         out.append(f"{rp.gpus:g} GPUs but the Ray cluster has {cluster.get('GPU', 0):g}")
     if rp.per_actor_gpus > 0 and node_gpus and max(node_gpus) < rp.per_actor_gpus:
-        out.append(f"{rp.per_actor_gpus:g} GPUs on one node per encode actor but the largest node has {max(node_gpus):g}")
+        out.append(
+            f"{rp.per_actor_gpus:g} GPUs on one node per encode actor but the largest node has {max(node_gpus):g}"
+        )
     if rp.cpus > cluster.get("CPU", 0):
         out.append(f"{rp.cpus:g} CPUs but the Ray cluster has {cluster.get('CPU', 0):g}")
     return out
@@ -90,7 +94,11 @@ def check_resources(cfg: Config, cluster: dict[str, float], node_gpus: list[floa
             f"the preprocess stages need {'; '.join(missing)} ({'; '.join(rp.lines)}): lower them, or give the cluster "
             f"more nodes (on an autoscaling cluster set preprocess.resource_wait_s to wait for them); "
             f"the stages would otherwise wait on each other forever"
-            + (f" [total exceeds the cluster's {cluster.get('CPU', 0)} CPUs]" if rp.cpus > cluster.get("CPU", 0) else "")
+            + (
+                f" [total exceeds the cluster's {cluster.get('CPU', 0)} CPUs]"
+                if rp.cpus > cluster.get("CPU", 0)
+                else ""
+            )
         )
 
 
@@ -131,12 +139,17 @@ def preflight(p: PreprocessConfig, timeout_s: float = 120.0) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    paths = {"preprocess.input_dir": p.input_dir, "preprocess.output_dir": p.output_dir,
-             "preprocess.autoencoder_path": p.autoencoder_path}
+    paths = {
+        "preprocess.input_dir": p.input_dir,
+        "preprocess.output_dir": p.output_dir,
+        "preprocess.autoencoder_path": p.autoencoder_path,
+    }
     probe = ray.remote(num_cpus=0)(_probe)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(paths)
-            for n in nodes]
+    refs = [
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(paths)
+        for n in nodes
+    ]
     problems = []
     for node, ref in zip(nodes, refs):
         host, missing = ray.get(ref, timeout=timeout_s)

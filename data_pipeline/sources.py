@@ -28,14 +28,72 @@ from dfm_video.config.schema import PreprocessConfig
 from dfm_video.data.store import Reject  # noqa: F401  (re-exported: sources make source rejects)
 
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ogv", ".ogg", ".ts", ".mts",
-                    ".m2ts", ".flv", ".wmv", ".asf", ".3gp", ".3g2", ".vob", ".mxf", ".y4m", ".dv", ".gif")
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".avi",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".ogv",
+    ".ogg",
+    ".ts",
+    ".mts",
+    ".m2ts",
+    ".flv",
+    ".wmv",
+    ".asf",
+    ".3gp",
+    ".3g2",
+    ".vob",
+    ".mxf",
+    ".y4m",
+    ".dv",
+    ".gif",
+)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Extensions that are never video: counted as ignored rather than tried (and rejected) one by one.
-NON_MEDIA_EXTENSIONS = (".txt", ".md", ".json", ".jsonl", ".csv", ".tsv", ".yaml", ".yml", ".xml", ".html", ".pdf",
-                        ".log", ".srt", ".vtt", ".ass", ".sub", ".nfo", ".py", ".sh", ".zip", ".tar", ".gz", ".tgz",
-                        ".part", ".tmp", ".db", ".parquet", ".wav", ".mp3", ".flac", ".aac", ".m4a", ".opus",
-                        *IMAGE_EXTENSIONS, ".tif", ".tiff", ".heic")
+NON_MEDIA_EXTENSIONS = (
+    ".txt",
+    ".md",
+    ".json",
+    ".jsonl",
+    ".csv",
+    ".tsv",
+    ".yaml",
+    ".yml",
+    ".xml",
+    ".html",
+    ".pdf",
+    ".log",
+    ".srt",
+    ".vtt",
+    ".ass",
+    ".sub",
+    ".nfo",
+    ".py",
+    ".sh",
+    ".zip",
+    ".tar",
+    ".gz",
+    ".tgz",
+    ".part",
+    ".tmp",
+    ".db",
+    ".parquet",
+    ".wav",
+    ".mp3",
+    ".flac",
+    ".aac",
+    ".m4a",
+    ".opus",
+    *IMAGE_EXTENSIONS,
+    ".tif",
+    ".tiff",
+    ".heic",
+)
 
 
 @dataclass(frozen=True)
@@ -102,11 +160,20 @@ def kinetics_items(cfg: PreprocessConfig) -> tuple[list[tuple[ClipItem, int]], l
         try:
             start, end = int(row["time_start"]), int(row["time_end"])
         except (TypeError, ValueError):
-            rejects.append(Reject(f"{cfg.annotations}:{line}", "", "source", "malformed row",
-                                  f"line {line}: time_start/time_end must be integers, got {row['time_start']!r}/{row['time_end']!r}"))
+            rejects.append(
+                Reject(
+                    f"{cfg.annotations}:{line}",
+                    "",
+                    "source",
+                    "malformed row",
+                    f"line {line}: time_start/time_end must be integers, got {row['time_start']!r}/{row['time_end']!r}",
+                )
+            )
             continue
         if not yid:
-            rejects.append(Reject(f"{cfg.annotations}:{line}", "", "source", "malformed row", f"line {line}: empty youtube_id"))
+            rejects.append(
+                Reject(f"{cfg.annotations}:{line}", "", "source", "malformed row", f"line {line}: empty youtube_id")
+            )
             continue
         key = kinetics_key(yid, start, end)
         folder = root / row["split"] / label if label else root / row["split"]
@@ -160,8 +227,15 @@ def build_sources(cfg: PreprocessConfig) -> SourceList:
     unique: list[ClipItem] = []
     for item, where in found:
         if item.key in seen:
-            rejects.append(Reject(item.key, item.path, "source", "duplicate",
-                                  f"row {where} repeats clip '{item.key}' first listed at row {seen[item.key]}; processed once"))
+            rejects.append(
+                Reject(
+                    item.key,
+                    item.path,
+                    "source",
+                    "duplicate",
+                    f"row {where} repeats clip '{item.key}' first listed at row {seen[item.key]}; processed once",
+                )
+            )
             continue
         seen[item.key] = where
         unique.append(item)
@@ -171,7 +245,10 @@ def build_sources(cfg: PreprocessConfig) -> SourceList:
         labels = load_labels(cfg.labels_file)
         unknown = sorted(set(present) - set(labels))
         if unknown:
-            raise ValueError(f"preprocess.labels_file '{cfg.labels_file}' lacks {len(unknown)} label(s) of the input, e.g. {unknown[:5]}")
+            raise ValueError(
+                f"preprocess.labels_file '{cfg.labels_file}' lacks "
+                f"{len(unknown)} label(s) of the input, e.g. {unknown[:5]}"
+            )
     else:
         labels = present
     ids = {name: i for i, name in enumerate(labels)}

@@ -48,17 +48,35 @@ def write_batch(spec: WriterSpec, batch: dict[str, np.ndarray]) -> dict[str, np.
     samples, rejects = [], []
     for i in range(n):
         if not ok[i]:
-            rejects.append(Reject(keys[i], str(batch["path"][i]), str(batch["stage"][i]), str(batch["reason"][i]),
-                                  str(batch["detail"][i]), spec.run_id))
+            rejects.append(
+                Reject(
+                    keys[i],
+                    str(batch["path"][i]),
+                    str(batch["stage"][i]),
+                    str(batch["reason"][i]),
+                    str(batch["detail"][i]),
+                    spec.run_id,
+                )
+            )
             continue
         fps = 0.0 if bool(batch["is_image"][i]) else spec.fps
-        samples.append(S.Sample(
-            key=keys[i], label=str(batch["label"][i]), label_id=int(batch["label_id"][i]), split=str(batch["split"][i]),
-            source_path=str(batch["path"][i]), fps=fps, source_fps=float(batch["source_fps"][i]),
-            frame_indices=[int(v) for v in batch["frame_indices"][i]],
-            levels=[torch.from_numpy(np.array(batch[f"level_{s}"][i])) for s in range(num_levels)],  # copy: Ray's arrays are read-only
-            source_height=int(_col(batch, "source_height", i, 0)), source_width=int(_col(batch, "source_width", i, 0)),
-        ))
+        samples.append(
+            S.Sample(
+                key=keys[i],
+                label=str(batch["label"][i]),
+                label_id=int(batch["label_id"][i]),
+                split=str(batch["split"][i]),
+                source_path=str(batch["path"][i]),
+                fps=fps,
+                source_fps=float(batch["source_fps"][i]),
+                frame_indices=[int(v) for v in batch["frame_indices"][i]],
+                levels=[
+                    torch.from_numpy(np.array(batch[f"level_{s}"][i])) for s in range(num_levels)
+                ],  # copy: Ray's arrays are read-only
+                source_height=int(_col(batch, "source_height", i, 0)),
+                source_width=int(_col(batch, "source_width", i, 0)),
+            )
+        )
     shard = write_clips(spec.output_dir, samples, rejects, spec.layout())
     return {
         "key": np.array(keys, dtype=object),

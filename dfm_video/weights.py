@@ -15,4 +15,6 @@ def check_state_dict(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]
         raise ValueError(f"{source}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     for k, v in state.items():
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise ValueError(f"{source}: '{k}' has shape {tuple(v.shape)}, the model expects {tuple(expected[k].shape)}")
+            raise ValueError(
+                f"{source}: '{k}' has shape {tuple(v.shape)}, the model expects {tuple(expected[k].shape)}"
+            )

@@ -30,8 +30,9 @@ def _fwd_kernel(X, GATE, Y, H, N, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexp
 
 
 @triton.jit
-def _bwd_kernel(DH, GATE, Y, DY, DGATE_PART, N, D, rows_per_program, n_split,
-                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _bwd_kernel(
+    DH, GATE, Y, DY, DGATE_PART, N, D, rows_per_program, n_split, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr
+):
     split = tl.program_id(0)
     b = tl.program_id(2).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -62,8 +63,7 @@ def forward(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     h = torch.empty_like(x)
     block_m, block_d = _blocks(D)
     grid = (triton.cdiv(N, block_m), triton.cdiv(D, block_d), B)
-    _fwd_kernel[grid](x, gate, y, h, N, D, BLOCK_M=block_m, BLOCK_D=block_d,
-                      num_warps=num_warps_for(block_m * block_d))
+    _fwd_kernel[grid](x, gate, y, h, N, D, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps_for(block_m * block_d))
     return h
 
 
@@ -77,6 +77,18 @@ def backward(dh: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> tuple[tor
     dy = torch.empty_like(y)
     part = torch.empty((B, n_split, D), device=y.device, dtype=torch.float32)
     grid = (n_split, triton.cdiv(D, block_d), B)
-    _bwd_kernel[grid](dh, gate, y, dy, part, N, D, rows_per, n_split, BLOCK_M=block_m,
-                      BLOCK_D=block_d, num_warps=num_warps_for(block_m * block_d))
+    _bwd_kernel[grid](
+        dh,
+        gate,
+        y,
+        dy,
+        part,
+        N,
+        D,
+        rows_per,
+        n_split,
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
+        num_warps=num_warps_for(block_m * block_d),
+    )
     return dy, part.sum(dim=1).to(gate.dtype)

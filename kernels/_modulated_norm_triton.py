@@ -26,10 +26,22 @@ from kernels._triton import next_pow2, num_warps_for, row_split
 
 @triton.jit
 def _fwd_kernel(
-    X, Y, GATE, H, SHIFT, SCALE, OUT, MEAN, RSTD,
-    N, D, eps,
-    IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    X,
+    Y,
+    GATE,
+    H,
+    SHIFT,
+    SCALE,
+    OUT,
+    MEAN,
+    RSTD,
+    N,
+    D,
+    eps,
+    IS_RMS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     b = tl.program_id(1).to(tl.int64)  # int64: B*N*D may exceed 2**31
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -64,11 +76,28 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_kernel(
-    DOUT, DH_EXT, XN, Y, GATE, SCALE, MEAN, RSTD,
-    DX, DY, DSHIFT_PART, DSCALE_PART, DGATE_PART,
-    N, D, rows_per_program, n_split,
-    IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DH_EXT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOUT,
+    DH_EXT,
+    XN,
+    Y,
+    GATE,
+    SCALE,
+    MEAN,
+    RSTD,
+    DX,
+    DY,
+    DSHIFT_PART,
+    DSCALE_PART,
+    DGATE_PART,
+    N,
+    D,
+    rows_per_program,
+    n_split,
+    IS_RMS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_DH_EXT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     split = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -130,8 +159,13 @@ def _blocks(D: int) -> tuple[int, int]:
 
 
 def forward(
-    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, is_rms: bool, eps: float,
-    gate: torch.Tensor | None = None, y: torch.Tensor | None = None,
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    is_rms: bool,
+    eps: float,
+    gate: torch.Tensor | None = None,
+    y: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward. Returns (h or None, out, mean, rstd); mean/rstd are (B, N) float32
     (mean is an empty placeholder for RMSNorm)."""
@@ -144,19 +178,38 @@ def forward(
     block_m, block_d = _blocks(D)
     grid = (triton.cdiv(N, block_m), B)
     _fwd_kernel[grid](
-        x, y if has_res else x, gate if has_res else shift, h if has_res else out,
-        shift, scale, out, rstd if is_rms else mean, rstd,
-        N, D, eps,
-        IS_RMS=is_rms, HAS_RESIDUAL=has_res, BLOCK_M=block_m, BLOCK_D=block_d,
+        x,
+        y if has_res else x,
+        gate if has_res else shift,
+        h if has_res else out,
+        shift,
+        scale,
+        out,
+        rstd if is_rms else mean,
+        rstd,
+        N,
+        D,
+        eps,
+        IS_RMS=is_rms,
+        HAS_RESIDUAL=has_res,
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
         num_warps=num_warps_for(block_m * block_d),
     )
     return h, out, mean, rstd
 
 
 def backward(
-    dout: torch.Tensor, dh_ext: torch.Tensor | None, xn: torch.Tensor, scale: torch.Tensor,
-    mean: torch.Tensor, rstd: torch.Tensor, is_rms: bool, shift_dtype: torch.dtype,
-    gate: torch.Tensor | None = None, y: torch.Tensor | None = None,
+    dout: torch.Tensor,
+    dh_ext: torch.Tensor | None,
+    xn: torch.Tensor,
+    scale: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    is_rms: bool,
+    shift_dtype: torch.dtype,
+    gate: torch.Tensor | None = None,
+    y: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Launch the backward. `xn` is the norm's input (x, or h when fused).
 
@@ -171,12 +224,29 @@ def backward(
     dy = torch.empty_like(y) if has_res else None
     parts = torch.empty((3 if has_res else 2, B, n_split, D), device=xn.device, dtype=torch.float32)
     _bwd_kernel[(n_split, B)](
-        dout, dh_ext if dh_ext is not None else dout, xn, y if has_res else xn,
-        gate if has_res else scale, scale, rstd if is_rms else mean, rstd,
-        dx, dy if has_res else dx, parts[0], parts[1], parts[2] if has_res else parts[1],
-        N, D, rows_per, n_split,
-        IS_RMS=is_rms, HAS_RESIDUAL=has_res, HAS_DH_EXT=dh_ext is not None,
-        BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps_for(block_m * block_d),
+        dout,
+        dh_ext if dh_ext is not None else dout,
+        xn,
+        y if has_res else xn,
+        gate if has_res else scale,
+        scale,
+        rstd if is_rms else mean,
+        rstd,
+        dx,
+        dy if has_res else dx,
+        parts[0],
+        parts[1],
+        parts[2] if has_res else parts[1],
+        N,
+        D,
+        rows_per,
+        n_split,
+        IS_RMS=is_rms,
+        HAS_RESIDUAL=has_res,
+        HAS_DH_EXT=dh_ext is not None,
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
+        num_warps=num_warps_for(block_m * block_d),
     )
     sums = parts.sum(dim=2)  # (k, B, D): the tiny cross-program reduction
     dshift = sums[0].to(shift_dtype)

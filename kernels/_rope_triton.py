@@ -29,11 +29,32 @@ def _rotate_head(SRC, DST, src_off, dst_off, s_n, d_n, rows, cols, mask, c, s, h
 
 @triton.jit
 def _rope_kernel(
-    Q, K, QO, KO, COS, SIN,
-    n_q_heads, n_k_heads, n_heads, N, half,
-    q_sb, q_sh, q_sn, k_sb, k_sh, k_sn,
-    qo_sb, qo_sh, qo_sn, ko_sb, ko_sh, ko_sn,
-    INVERSE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    Q,
+    K,
+    QO,
+    KO,
+    COS,
+    SIN,
+    n_q_heads,
+    n_k_heads,
+    n_heads,
+    N,
+    half,
+    q_sb,
+    q_sh,
+    q_sn,
+    k_sb,
+    k_sh,
+    k_sn,
+    qo_sb,
+    qo_sh,
+    qo_sn,
+    ko_sb,
+    ko_sh,
+    ko_sn,
+    INVERSE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = (pid // n_heads).to(tl.int64)  # int64: b * batch stride may exceed 2**31
@@ -47,19 +68,18 @@ def _rope_kernel(
     if INVERSE:
         s = -s
     if h < n_q_heads:
-        _rotate_head(Q, QO, b * q_sb + h * q_sh, b * qo_sb + h * qo_sh, q_sn, qo_sn,
-                     rows, cols, mask, c, s, half)
+        _rotate_head(Q, QO, b * q_sb + h * q_sh, b * qo_sb + h * qo_sh, q_sn, qo_sn, rows, cols, mask, c, s, half)
     if h < n_k_heads:
-        _rotate_head(K, KO, b * k_sb + h * k_sh, b * ko_sb + h * ko_sh, k_sn, ko_sn,
-                     rows, cols, mask, c, s, half)
+        _rotate_head(K, KO, b * k_sb + h * k_sh, b * ko_sb + h * ko_sh, k_sn, ko_sn, rows, cols, mask, c, s, half)
 
 
 def _inner_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def rotate(q: torch.Tensor | None, k: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
-           inverse: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def rotate(
+    q: torch.Tensor | None, k: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, inverse: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Rotate q (B, Hq, N, hd) and k (B, Hk, N, hd); either may be None (e.g. a missing grad)."""
     ref = q if q is not None else k
     if ref is None:
@@ -80,11 +100,32 @@ def rotate(q: torch.Tensor | None, k: torch.Tensor | None, cos: torch.Tensor, si
     n_heads = max(n_q, n_k)
     grid = (B * n_heads, triton.cdiv(N, block_n))
     _rope_kernel[grid](
-        q_, k_, qo_, ko_, cos, sin,
-        n_q, n_k, n_heads, N, half,
-        q_.stride(0), q_.stride(1), q_.stride(2), k_.stride(0), k_.stride(1), k_.stride(2),
-        qo_.stride(0), qo_.stride(1), qo_.stride(2), ko_.stride(0), ko_.stride(1), ko_.stride(2),
-        INVERSE=inverse, BLOCK_N=block_n, BLOCK_HALF=block_half,
+        q_,
+        k_,
+        qo_,
+        ko_,
+        cos,
+        sin,
+        n_q,
+        n_k,
+        n_heads,
+        N,
+        half,
+        q_.stride(0),
+        q_.stride(1),
+        q_.stride(2),
+        k_.stride(0),
+        k_.stride(1),
+        k_.stride(2),
+        qo_.stride(0),
+        qo_.stride(1),
+        qo_.stride(2),
+        ko_.stride(0),
+        ko_.stride(1),
+        ko_.stride(2),
+        INVERSE=inverse,
+        BLOCK_N=block_n,
+        BLOCK_HALF=block_half,
         num_warps=num_warps_for(2 * block_n * block_half),
     )
     return qo, ko

@@ -62,8 +62,9 @@ def triton_unavailable_reason(device: torch.device | str) -> str | None:
 @functools.lru_cache(maxsize=None)
 def _warn_fallback_once(device_type: str, reason: str) -> None:
     # One warning per (device, reason): the fallback changes only speed, never results.
-    log.warning("kernels='auto' on %s falls back to the torch reference (slower, same results): %s",
-                device_type, reason)
+    log.warning(
+        "kernels='auto' on %s falls back to the torch reference (slower, same results): %s", device_type, reason
+    )
 
 
 def resolve_backend(name: str, device: torch.device | str) -> Resolved:

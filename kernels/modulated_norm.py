@@ -38,8 +38,9 @@ def _norm_reference(x: Tensor, norm: Norm, eps: float) -> Tensor:
     return F.rms_norm(x, d, eps=eps) if norm == "rms" else F.layer_norm(x, d, eps=eps)
 
 
-def modulated_norm_reference(x: Tensor, shift: Tensor, scale: Tensor, norm: Norm = "layer",
-                             eps: float = 1e-6) -> Tensor:
+def modulated_norm_reference(
+    x: Tensor, shift: Tensor, scale: Tensor, norm: Norm = "layer", eps: float = 1e-6
+) -> Tensor:
     """Pure-torch reference. x (B, N, D); shift, scale (B, D) -> (B, N, D) in x.dtype."""
     op = _opmath(x.dtype)
     xn = _norm_reference(x.to(op), norm, eps)
@@ -48,7 +49,12 @@ def modulated_norm_reference(x: Tensor, shift: Tensor, scale: Tensor, norm: Norm
 
 
 def gated_residual_modulated_norm_reference(
-    x: Tensor, gate: Tensor, y: Tensor, shift: Tensor, scale: Tensor, norm: Norm = "layer",
+    x: Tensor,
+    gate: Tensor,
+    y: Tensor,
+    shift: Tensor,
+    scale: Tensor,
+    norm: Norm = "layer",
     eps: float = 1e-6,
 ) -> tuple[Tensor, Tensor]:
     """Pure-torch reference. x, y (B, N, D); gate, shift, scale (B, D) -> (h, out), both (B, N, D)."""
@@ -74,14 +80,16 @@ class _ModulatedNorm(torch.autograd.Function):
 
         x, scale, mean, rstd = ctx.saved_tensors
         dx, _, dshift, dscale, _ = tri.backward(
-            dout.contiguous(), None, x, scale, mean, rstd, ctx.is_rms, ctx.shift_dtype)
+            dout.contiguous(), None, x, scale, mean, rstd, ctx.is_rms, ctx.shift_dtype
+        )
         return dx, dshift, dscale, None, None
 
 
 class _GatedResidualModulatedNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, gate: Tensor, y: Tensor, shift: Tensor, scale: Tensor,
-                is_rms: bool, eps: float) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx, x: Tensor, gate: Tensor, y: Tensor, shift: Tensor, scale: Tensor, is_rms: bool, eps: float
+    ) -> tuple[Tensor, Tensor]:
         from kernels import _modulated_norm_triton as tri
 
         x, gate, y = x.contiguous(), gate.contiguous(), y.contiguous()
@@ -101,8 +109,17 @@ class _GatedResidualModulatedNorm(torch.autograd.Function):
         if dout is None:  # only h was used downstream; rare, so a zero tensor is fine
             dout = torch.zeros_like(h)
         dx, dy, dshift, dscale, dgate = tri.backward(
-            dout.contiguous(), None if dh is None else dh.contiguous(), h, scale, mean, rstd,
-            ctx.is_rms, ctx.shift_dtype, gate=gate, y=y)
+            dout.contiguous(),
+            None if dh is None else dh.contiguous(),
+            h,
+            scale,
+            mean,
+            rstd,
+            ctx.is_rms,
+            ctx.shift_dtype,
+            gate=gate,
+            y=y,
+        )
         return dx, dgate, dy, dshift, dscale, None, None
 
 
@@ -120,8 +137,9 @@ def _check(x: Tensor, per_sample: dict[str, Tensor], tokens: dict[str, Tensor], 
             raise ValueError(f"{name} must have x's shape {tuple(x.shape)}, got {tuple(t.shape)}")
 
 
-def modulated_norm(x: Tensor, shift: Tensor, scale: Tensor, norm: Norm = "layer", eps: float = 1e-6,
-                   backend: str = "auto") -> Tensor:
+def modulated_norm(
+    x: Tensor, shift: Tensor, scale: Tensor, norm: Norm = "layer", eps: float = 1e-6, backend: str = "auto"
+) -> Tensor:
     """(1 + scale) * norm(x) + shift. x (B, N, D); shift, scale (B, D) -> (B, N, D) in x.dtype.
 
     `backend` is the `kernels` switch (auto|triton|torch, see `kernels.resolve_backend`).
@@ -133,8 +151,14 @@ def modulated_norm(x: Tensor, shift: Tensor, scale: Tensor, norm: Norm = "layer"
 
 
 def gated_residual_modulated_norm(
-    x: Tensor, gate: Tensor, y: Tensor, shift: Tensor, scale: Tensor, norm: Norm = "layer",
-    eps: float = 1e-6, backend: str = "auto",
+    x: Tensor,
+    gate: Tensor,
+    y: Tensor,
+    shift: Tensor,
+    scale: Tensor,
+    norm: Norm = "layer",
+    eps: float = 1e-6,
+    backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """h = x + gate * y and out = (1 + scale) * norm(h) + shift in one pass; returns (h, out).
 

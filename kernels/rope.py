@@ -32,8 +32,9 @@ def rope_axis_pairs(head_dim: int) -> tuple[int, int, int]:
     return head_dim // 2 - 2 * hw, hw, hw
 
 
-def rope_tables_from_positions(positions: Tensor, head_dim: int, theta: float = 10000.0,
-                               dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+def rope_tables_from_positions(
+    positions: Tensor, head_dim: int, theta: float = 10000.0, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
     """cos, sin (N, head_dim/2) for integer (t, h, w) coordinates `positions` (N, 3).
 
     Useful when a rank holds a slice of the sequence, or for offset grids; computed in float64.
@@ -49,9 +50,13 @@ def rope_tables_from_positions(positions: Tensor, head_dim: int, theta: float = 
     return ang.cos().to(dtype), ang.sin().to(dtype)
 
 
-def build_rope_3d_tables(grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0,
-                         device: torch.device | str | None = None,
-                         dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+def build_rope_3d_tables(
+    grid: tuple[int, int, int],
+    head_dim: int,
+    theta: float = 10000.0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
     """cos, sin (T*H*W, head_dim/2) for a (T, H, W) token grid flattened t-major."""
     T, H, W = (int(g) for g in grid)
     coords = torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij")
@@ -99,8 +104,9 @@ def apply_rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, backend: str = "a
     for q and k. `backend` is the `kernels` switch (auto|triton|torch).
     """
     if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
-        raise ValueError(f"q, k must be (B, heads, N, head_dim) with equal B, N, head_dim; got "
-                         f"{tuple(q.shape)} and {tuple(k.shape)}")
+        raise ValueError(
+            f"q, k must be (B, heads, N, head_dim) with equal B, N, head_dim; got {tuple(q.shape)} and {tuple(k.shape)}"
+        )
     N, hd = q.shape[2], q.shape[3]
     if hd % 2:
         raise ValueError(f"head_dim must be even for rotate-half RoPE, got {hd}")

@@ -63,7 +63,10 @@ def apt_install(packages: list[str], timeout: float = 600) -> None:
     if not packages or os.geteuid() != 0 or not shutil.which("apt-get"):
         return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]):
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+    ):
         subprocess.run(cmd, env=env, check=False, timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -77,8 +80,12 @@ def pid_namespace_available() -> bool:
     if not shutil.which("unshare"):
         return False
     try:
-        r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--", "true"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+        r = subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", "--", "true"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     return r.returncode == 0
@@ -97,8 +104,7 @@ class PrivateSshd:
         self.port = 0
         self.client_key = self.root / "id_ed25519"
         self.log_path = self.root / "sshd.log"
-        self.use_pid_namespace = (pid_namespace_available() if use_pid_namespace is None
-                                  else use_pid_namespace)
+        self.use_pid_namespace = pid_namespace_available() if use_pid_namespace is None else use_pid_namespace
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -108,44 +114,61 @@ class PrivateSshd:
         return f"{sys.executable} -S {HERE / 'cluster_sshproxy.py'} 127.0.0.1 {self.port}"
 
     def ssh_args(self) -> list[str]:
-        return ["ssh", "-i", str(self.client_key), "-o", "IdentitiesOnly=yes",
-                "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={os.devnull}",
-                "-o", "LogLevel=ERROR", "-o", f"ProxyCommand={self.proxy_command}",
-                f"{self.user}@127.0.0.1"]
+        return [
+            "ssh",
+            "-i",
+            str(self.client_key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            f"UserKnownHostsFile={os.devnull}",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            f"ProxyCommand={self.proxy_command}",
+            f"{self.user}@127.0.0.1",
+        ]
 
     def _write_config(self) -> Path:
         host_key = self.root / "ssh_host_ed25519_key"
         for key in (host_key, self.client_key):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, stdout=subprocess.DEVNULL
+            )
         auth_keys = self.root / "authorized_keys"
         shutil.copy(self.client_key.with_suffix(".pub"), auth_keys)
         auth_keys.chmod(0o600)
         self.home.mkdir(mode=0o700)
         self.ray_tmpdir.mkdir(mode=0o700)
         cfg = self.root / "sshd_config"
-        cfg.write_text("\n".join([
-            f"Port {self.port}",
-            "ListenAddress 127.0.0.1",
-            f"HostKey {host_key}",
-            f"PidFile {self.root / 'sshd.pid'}",
-            f"AuthorizedKeysFile {auth_keys}",
-            f"AllowUsers {self.user}",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "PermitRootLogin prohibit-password",
-            # The scratch dir sits under the world-writable /tmp, which StrictModes rejects.
-            "StrictModes no",
-            "UsePAM no",
-            "PrintMotd no",
-            "MaxStartups 100:30:200",
-            "MaxSessions 100",
-            f"SetEnv HOME={self.home} RAY_TMPDIR={self.ray_tmpdir}",
-            # Sessions start in the private home (sshd itself would cd to the passwd home).
-            'ForceCommand cd "$HOME" && eval "$SSH_ORIGINAL_COMMAND"',
-            "",
-        ]))
+        cfg.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {host_key}",
+                    f"PidFile {self.root / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {auth_keys}",
+                    f"AllowUsers {self.user}",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PermitRootLogin prohibit-password",
+                    # The scratch dir sits under the world-writable /tmp, which StrictModes rejects.
+                    "StrictModes no",
+                    "UsePAM no",
+                    "PrintMotd no",
+                    "MaxStartups 100:30:200",
+                    "MaxSessions 100",
+                    f"SetEnv HOME={self.home} RAY_TMPDIR={self.ray_tmpdir}",
+                    # Sessions start in the private home (sshd itself would cd to the passwd home).
+                    'ForceCommand cd "$HOME" && eval "$SSH_ORIGINAL_COMMAND"',
+                    "",
+                ]
+            )
+        )
         return cfg
 
     def start(self, timeout: float = 30) -> "PrivateSshd":
@@ -159,22 +182,29 @@ class PrivateSshd:
         if self.use_pid_namespace:
             cmd = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL", "--"] + cmd
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sshd exited ({self.proc.returncode}): {self.log()}")
-            r = subprocess.run(self.ssh_args() + ["echo", "ssh-ok"], capture_output=True,
-                               text=True, timeout=30, stdin=subprocess.DEVNULL)
+            r = subprocess.run(
+                self.ssh_args() + ["echo", "ssh-ok"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                stdin=subprocess.DEVNULL,
+            )
             if r.returncode == 0 and "ssh-ok" in r.stdout:
                 return self
             time.sleep(0.3)
         raise RuntimeError(f"private sshd did not answer in {timeout}s: {self.log()}")
 
     def run(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(self.ssh_args() + [command], capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            self.ssh_args() + [command], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
 
     def log(self) -> str:
         try:

@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
                 break
             view = memoryview(data)
             while view:
-                view = view[os.write(1, view):]
+                view = view[os.write(1, view) :]
     except OSError:
         return 1
     finally:

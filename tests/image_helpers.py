@@ -49,18 +49,34 @@ def save_flux_style_vae(folder: Path) -> Path:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=16, norm_num_groups=4,
-                        sample_size=32, scaling_factor=FLUX_SCALE, shift_factor=FLUX_SHIFT)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=16,
+        norm_num_groups=4,
+        sample_size=32,
+        scaling_factor=FLUX_SCALE,
+        shift_factor=FLUX_SHIFT,
+    )
     vae.save_pretrained(folder)
     return folder
 
 
 # configs/preprocess/imagenet512.yaml scaled down to this 2-core machine
-SMALL_MACHINE = ["preprocess.labels_file=", "preprocess.autoencoder_dtype=float32", "preprocess.samples_per_shard=4",
-                 "preprocess.batch_size=4", "preprocess.decode_cpus=0.5", "preprocess.encode_actors=1",
-                 "preprocess.encode_cpus=0.5", "preprocess.encode_gpus=0.0", "preprocess.writer_cpus=0.25",
-                 "preprocess.num_cpus=2", "preprocess.progress=false"]
+SMALL_MACHINE = [
+    "preprocess.labels_file=",
+    "preprocess.autoencoder_dtype=float32",
+    "preprocess.samples_per_shard=4",
+    "preprocess.batch_size=4",
+    "preprocess.decode_cpus=0.5",
+    "preprocess.encode_actors=1",
+    "preprocess.encode_cpus=0.5",
+    "preprocess.encode_gpus=0.0",
+    "preprocess.writer_cpus=0.25",
+    "preprocess.num_cpus=2",
+    "preprocess.progress=false",
+]
 
 
 def make_image_shards(out: Path) -> dict[str, Path]:
@@ -69,7 +85,13 @@ def make_image_shards(out: Path) -> dict[str, Path]:
     photos = make_photo_folder(out / "photos")
     vae = save_flux_style_vae(out / "flux-vae")
     paths = {"photos": photos, "vae": vae, "kl": out / "shards-kl", "pixel": out / "shards-pixel"}
-    r = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(out)], cwd=ROOT, capture_output=True, text=True, env=cpu_env())
+    r = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=cpu_env(),
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return paths
 
@@ -83,12 +105,19 @@ def _preprocess_both(out: Path) -> None:
     common = [f"preprocess.input_dir={out / 'photos'}", "preprocess.resolution=[32,32]", *SMALL_MACHINE]
     runs = [
         [f"preprocess.output_dir={out / 'shards-kl'}", f"preprocess.autoencoder_path={out / 'flux-vae'}"],
-        [f"preprocess.output_dir={out / 'shards-pixel'}", "preprocess.autoencoder=pixel", "preprocess.pixel_patch=[1,4,4]"],
+        [
+            f"preprocess.output_dir={out / 'shards-pixel'}",
+            "preprocess.autoencoder=pixel",
+            "preprocess.pixel_patch=[1,4,4]",
+        ],
     ]
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     try:
         for extra in runs:
-            print(run(load_config(ROOT / "configs" / "preprocess" / "imagenet512.yaml", common + extra)).line(), flush=True)
+            print(
+                run(load_config(ROOT / "configs" / "preprocess" / "imagenet512.yaml", common + extra)).line(),
+                flush=True,
+            )
     finally:
         ray.shutdown()
 

@@ -47,20 +47,24 @@ def write_ssh_client(sshd: cluster_sshd.PrivateSshd, hosts: Iterable[str]) -> Pa
     if real_ssh is None:
         raise RuntimeError("no ssh client on PATH")
     config = sshd.root / "ssh_config"
-    config.write_text("\n".join([
-        f"Host {' '.join(hosts)}",
-        "    HostName 127.0.0.1",
-        f"    Port {sshd.port}",
-        f"    User {sshd.user}",
-        f"    IdentityFile {sshd.client_key}",
-        "    IdentitiesOnly yes",
-        "    BatchMode yes",
-        "    StrictHostKeyChecking no",
-        f"    UserKnownHostsFile {os.devnull}",
-        "    LogLevel ERROR",
-        "    ConnectTimeout 30",
-        "",
-    ]))
+    config.write_text(
+        "\n".join(
+            [
+                f"Host {' '.join(hosts)}",
+                "    HostName 127.0.0.1",
+                f"    Port {sshd.port}",
+                f"    User {sshd.user}",
+                f"    IdentityFile {sshd.client_key}",
+                "    IdentitiesOnly yes",
+                "    BatchMode yes",
+                "    StrictHostKeyChecking no",
+                f"    UserKnownHostsFile {os.devnull}",
+                "    LogLevel ERROR",
+                "    ConnectTimeout 30",
+                "",
+            ]
+        )
+    )
     bin_dir = sshd.root / "bin"
     bin_dir.mkdir(exist_ok=True)
     wrapper = bin_dir / "ssh"

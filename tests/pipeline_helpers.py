@@ -19,9 +19,17 @@ from dfm_video.config.schema import Config
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "preprocess" / "tiny.yaml"
 # shared/ lies beside the checkout (and beside CI's clone).
-K700_EXCERPT = next((p for p in (ROOT.parent / "shared" / "data" / "k700_annotations_excerpt.csv",
-                                 Path("/work/shared/data/k700_annotations_excerpt.csv")) if p.is_file()),
-                    ROOT.parent / "shared" / "data" / "k700_annotations_excerpt.csv")
+K700_EXCERPT = next(
+    (
+        p
+        for p in (
+            ROOT.parent / "shared" / "data" / "k700_annotations_excerpt.csv",
+            Path("/work/shared/data/k700_annotations_excerpt.csv"),
+        )
+        if p.is_file()
+    ),
+    ROOT.parent / "shared" / "data" / "k700_annotations_excerpt.csv",
+)
 
 # Rows of the real K700 excerpt: two youtube ids with two segments each (different labels),
 # labels with parentheses and capitals, and one row whose file is never created (missing).
@@ -38,8 +46,15 @@ MISSING_ROW = ("testifying", "---QUuC4vJs", 84, 94)
 
 def tiny_config(out_dir: Path, input_dir: Path, *overrides: str) -> Config:
     """configs/preprocess/tiny.yaml pointed at `input_dir` -> `out_dir`, quiet, plus `overrides`."""
-    return load_config(TINY_CONFIG, [f"preprocess.input_dir={input_dir}", f"preprocess.output_dir={out_dir}",
-                                     "preprocess.progress=false", *overrides])
+    return load_config(
+        TINY_CONFIG,
+        [
+            f"preprocess.input_dir={input_dir}",
+            f"preprocess.output_dir={out_dir}",
+            "preprocess.progress=false",
+            *overrides,
+        ],
+    )
 
 
 def excerpt_rows() -> list[dict[str, str]]:
@@ -75,7 +90,9 @@ def write_no_fps_video(path: Path) -> Path:
     with av.open(str(path), "w") as out:
         s = out.add_stream("libx264", rate=25)
         s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 128, np.uint8), format="rgb24").reformat(format="yuv420p")
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 128, np.uint8), format="rgb24").reformat(
+            format="yuv420p"
+        )
         frame.pts, frame.time_base = 0, Fraction(1, 25)
         for p in [*s.encode(frame), *s.encode()]:
             out.mux(p)
@@ -114,9 +131,13 @@ def make_bad_inputs(folder: Path) -> dict[str, str]:
     cut_clip(bikes, good, 0.0, 1.2)
     (folder / "zero.mp4").write_bytes(b"")
     (folder / "not_a_video.mp4").write_text("this is a text file, not a video\n")
-    (folder / "truncated.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # index (moov) at the end: lost
+    (folder / "truncated.mp4").write_bytes(
+        good.read_bytes()[: good.stat().st_size // 2]
+    )  # index (moov) at the end: lost
     cut_clip(bikes, folder / "tmp_fs.mp4", 0.0, 1.2, faststart=True)
-    (folder / "truncated_faststart.mp4").write_bytes((folder / "tmp_fs.mp4").read_bytes()[:9000])  # index kept, frames lost
+    (folder / "truncated_faststart.mp4").write_bytes(
+        (folder / "tmp_fs.mp4").read_bytes()[:9000]
+    )  # index kept, frames lost
     write_no_fps_video(folder / "no_fps.mp4")
     cut_clip(bikes, folder / "too_short.mp4", 0.0, 0.5)  # 12 frames; 9 frames at 8 fps need 26
     good.unlink()
@@ -152,17 +173,40 @@ def save_tiny_vae(kind: str, folder: Path) -> Path:
 
     torch.manual_seed(0)
     if kind == "cogvideox":  # 3 blocks: spatial 4x, temporal 4x (causal)
-        vae = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8), down_block_types=("CogVideoXDownBlock3D",) * 3,
-                                     up_block_types=("CogVideoXUpBlock3D",) * 3, latent_channels=4, layers_per_block=1,
-                                     norm_num_groups=4, sample_height=32, sample_width=32, scaling_factor=0.7)
+        vae = AutoencoderKLCogVideoX(
+            block_out_channels=(8, 8, 8),
+            down_block_types=("CogVideoXDownBlock3D",) * 3,
+            up_block_types=("CogVideoXUpBlock3D",) * 3,
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=4,
+            sample_height=32,
+            sample_width=32,
+            scaling_factor=0.7,
+        )
     elif kind == "wan":  # 2 downsamples: spatial 4x, temporal 4x (causal); per-channel mean/std
-        vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=1, temperal_downsample=[True, True],
-                               latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 2.0, 0.5, 1.0],
-                               scale_factor_temporal=4, scale_factor_spatial=4)
+        vae = AutoencoderKLWan(
+            base_dim=8,
+            z_dim=4,
+            dim_mult=[1, 1, 1],
+            num_res_blocks=1,
+            temperal_downsample=[True, True],
+            latents_mean=[0.1, -0.2, 0.3, 0.0],
+            latents_std=[1.5, 2.0, 0.5, 1.0],
+            scale_factor_temporal=4,
+            scale_factor_spatial=4,
+        )
     elif kind == "kl":  # image VAE, 2x spatial, with a shift factor (as Flux / SD3 have)
-        vae = AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-                            up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
-                            sample_size=32, scaling_factor=0.5, shift_factor=0.1)
+        vae = AutoencoderKL(
+            block_out_channels=(8, 8),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            latent_channels=4,
+            norm_num_groups=4,
+            sample_size=32,
+            scaling_factor=0.5,
+            shift_factor=0.1,
+        )
     else:
         raise ValueError(kind)
     vae.save_pretrained(folder)
@@ -178,9 +222,18 @@ def frame_index_of(frame: np.ndarray) -> int:
     return int(round((float(frame.mean()) - 16) / 8))
 
 
-def write_synthetic(path: Path, pts: list[int], time_base: Fraction, size: tuple[int, int] = (48, 64),
-                    codec: str = "libx264", fmt: str | None = None, pix_fmt: str = "yuv420p", rotation: int = 0,
-                    marker: bool = False, rate: int = 25) -> Path:
+def write_synthetic(
+    path: Path,
+    pts: list[int],
+    time_base: Fraction,
+    size: tuple[int, int] = (48, 64),
+    codec: str = "libx264",
+    fmt: str | None = None,
+    pix_fmt: str = "yuv420p",
+    rotation: int = 0,
+    marker: bool = False,
+    rate: int = 25,
+) -> Path:
     """A clip whose frame i (shown at pts[i] x time_base) is `index_frame(i)`: variable frame rate
     when the pts are uneven. `marker` paints a white block top-left (orientation checks)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,17 @@ TOL = 1e-5
 def tiny_cfg():
     # 4 heads, 2 stages with a temporal AND spatial step (causal): grid 5 x 4 x 4 = 80 tokens;
     # activation checkpointing on: the recomputed forward repeats the all-to-alls in backward
-    return load_config("tiny.yaml", ["model.in_channels=4", "model.num_heads=4", "model.patch_size=[2,2,2]", "dfm.factors=[[2,2,2]]",
-                                      "model.activation_checkpointing=true", "train.seed=0"])
+    return load_config(
+        "tiny.yaml",
+        [
+            "model.in_channels=4",
+            "model.num_heads=4",
+            "model.patch_size=[2,2,2]",
+            "dfm.factors=[[2,2,2]]",
+            "model.activation_checkpointing=true",
+            "train.seed=0",
+        ],
+    )
 
 
 def close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
@@ -69,7 +78,9 @@ def check(n: int) -> None:
             preds.append(out)
             return out
 
-        loss = dfm_objective(velocity, levels, y, params, class_dropout=0.0, null_class=model.null_class, generator=g).loss
+        loss = dfm_objective(
+            velocity, levels, y, params, class_dropout=0.0, null_class=model.null_class, generator=g
+        ).loss
         loss.backward()
         outs.append((preds[0], loss))
     for s, (a, b) in enumerate(zip(outs[0][0], outs[1][0])):
@@ -91,7 +102,9 @@ def check(n: int) -> None:
     videos = []
     for model in (ref, sp_model):
         model.eval()
-        lat, _ = generate(Generator(model, cfg, meta, source=None), [0, 1], steps=[3, 2], tau=0.9, cfg_scale=1.5, seed=5)
+        lat, _ = generate(
+            Generator(model, cfg, meta, source=None), [0, 1], steps=[3, 2], tau=0.9, cfg_scale=1.5, seed=5
+        )
         videos.append(lat)
     close(videos[0], videos[1], f"N={n} sampled latents")
     if handle is not None:

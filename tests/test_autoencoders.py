@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from pipeline_helpers import save_tiny_vae
 
 from dfm_video.autoencoders import (
     CodecGeometry,
@@ -17,7 +18,6 @@ from dfm_video.autoencoders import (
     geometry_of,
     load_autoencoder,
 )
-from pipeline_helpers import save_tiny_vae
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub
 
@@ -54,7 +54,14 @@ def test_pixel_keeps_every_frame_with_pt_1() -> None:
     assert PixelAutoencoder((1, 4, 4)).latent_shape(9, 32, 32) == (48, 9, 8, 8)
 
 
-@pytest.mark.parametrize("frames,h,w,match", [(8, 32, 30, "width=30 is not a multiple of its spatial compression 4"), (7, 32, 32, "num_frames=7"), (0, 32, 32, ">= 1")])
+@pytest.mark.parametrize(
+    "frames,h,w,match",
+    [
+        (8, 32, 30, "width=30 is not a multiple of its spatial compression 4"),
+        (7, 32, 32, "num_frames=7"),
+        (0, 32, 32, ">= 1"),
+    ],
+)
 def test_pixel_rejects_shapes_that_do_not_fit(frames: int, h: int, w: int, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         PixelAutoencoder((2, 4, 4)).latent_shape(frames, h, w)
@@ -92,7 +99,11 @@ def _raw_and_expected(kind: str, path: str, x: torch.Tensor) -> tuple[torch.Tens
     import diffusers
 
     cfg = json.loads(open(os.path.join(path, "config.json")).read())
-    cls = {"cogvideox": diffusers.AutoencoderKLCogVideoX, "wan": diffusers.AutoencoderKLWan, "kl": diffusers.AutoencoderKL}[kind]
+    cls = {
+        "cogvideox": diffusers.AutoencoderKLCogVideoX,
+        "wan": diffusers.AutoencoderKLWan,
+        "kl": diffusers.AutoencoderKL,
+    }[kind]
     vae = cls.from_pretrained(path).eval()
     with torch.no_grad():
         if kind == "kl":
@@ -109,9 +120,12 @@ def _raw_and_expected(kind: str, path: str, x: torch.Tensor) -> tuple[torch.Tens
     return raw, expected
 
 
-@pytest.mark.parametrize("kind,frames,latent", [("cogvideox", 9, (4, 3, 8, 8)), ("wan", 9, (4, 3, 8, 8)), ("kl", 3, (4, 3, 16, 16))])
-def test_diffusers_vae_loads_from_local_dir_and_scales(vae_dirs: dict[str, str], kind: str, frames: int,
-                                                       latent: tuple[int, ...]) -> None:
+@pytest.mark.parametrize(
+    "kind,frames,latent", [("cogvideox", 9, (4, 3, 8, 8)), ("wan", 9, (4, 3, 8, 8)), ("kl", 3, (4, 3, 16, 16))]
+)
+def test_diffusers_vae_loads_from_local_dir_and_scales(
+    vae_dirs: dict[str, str], kind: str, frames: int, latent: tuple[int, ...]
+) -> None:
     ae = load_autoencoder(kind, vae_dirs[kind])
     x = _video(2, frames, 32, 32, seed=1)
     z = ae.encode(x)

@@ -21,7 +21,11 @@ from dfm_video.models import model_flops  # noqa: E402
 def test_quick_mode_reports_every_part_and_length() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_layer_scaling.py"), "--quick", "--reps", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = proc.stdout.split("## DiT3D layer")[1].splitlines()[3:]

@@ -47,12 +47,20 @@ RAY_CLI = VENV_BIN / "ray"
 # helpers
 
 
-def _run(cmd: list[str], timeout: float, env: dict | None = None,
-         log: Path | None = None) -> subprocess.CompletedProcess:
+def _run(
+    cmd: list[str], timeout: float, env: dict | None = None, log: Path | None = None
+) -> subprocess.CompletedProcess:
     """Run a launcher CLI command; on timeout kill its whole process group (ssh, rsync too)."""
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=str(REPO),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -120,8 +128,7 @@ def _foreign_ray_processes() -> list[str]:
     return found
 
 
-def _cluster_yaml_for(sshd: cluster_sshd.PrivateSshd, name: str, ray_port: int,
-                      token: Path) -> dict:
+def _cluster_yaml_for(sshd: cluster_sshd.PrivateSshd, name: str, ray_port: int, token: Path) -> dict:
     """cluster/preprocess.yaml as shipped, pointed at the private sshd and a private Ray port."""
     cfg = yaml.safe_load(CLUSTER_YAML.read_text())
     head_cmds = cfg["head_start_ray_commands"]
@@ -162,8 +169,9 @@ def _make_clips(root: Path, labels=CLIP_LABELS, seconds: float = 3.0, width: int
         stream = inp.streams.video[0]
         rate = stream.average_rate
         height = int(round(stream.height * width / stream.width / 2)) * 2
-        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(int(len(labels) * seconds * rate)),
-                                                                inp.decode(stream))]
+        frames = [
+            f.to_ndarray(format="rgb24") for _, f in zip(range(int(len(labels) * seconds * rate)), inp.decode(stream))
+        ]
     per_clip = int(seconds * rate)
     for i, label in enumerate(labels):
         out_path = root / label / "clip.mp4"
@@ -171,7 +179,7 @@ def _make_clips(root: Path, labels=CLIP_LABELS, seconds: float = 3.0, width: int
         with av.open(str(out_path), "w") as out:
             vs = out.add_stream("libx264", rate=rate)
             vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
-            for arr in frames[i * per_clip:(i + 1) * per_clip]:
+            for arr in frames[i * per_clip : (i + 1) * per_clip]:
                 frame = av.VideoFrame.from_ndarray(arr, format="rgb24").reformat(width=width, height=height)
                 for packet in vs.encode(frame):
                     out.mux(packet)
@@ -247,16 +255,19 @@ def test_ray_up_submit_down(tmp_path):
         foreign = _foreign_ray_processes()
         if foreign:
             sshd.cleanup()
-            pytest.skip(f"no PID namespace here and other Ray processes run ({foreign[:4]}): "
-                        "`ray stop` on the test cluster would kill them")
+            pytest.skip(
+                f"no PID namespace here and other Ray processes run ({foreign[:4]}): "
+                "`ray stop` on the test cluster would kill them"
+            )
 
     log = tmp_path / "launcher.log"
     name = f"dfm-test-{uuid.uuid4().hex[:8]}"
     env = dict(os.environ)
     # Launcher-side state (cluster-*.state, ray-config-* caches, bootstrap temp files) goes to
     # the scratch dir instead of /tmp/ray and /tmp.
-    env.update(RAY_TMPDIR=str(sshd.root / "client-rt"), TMPDIR=str(sshd.root / "client-tmp"),
-               RAY_USAGE_STATS_ENABLED="0")
+    env.update(
+        RAY_TMPDIR=str(sshd.root / "client-rt"), TMPDIR=str(sshd.root / "client-tmp"), RAY_USAGE_STATS_ENABLED="0"
+    )
     env.pop("RAY_ADDRESS", None)
     cluster_file = sshd.root / "cluster.yaml"
     launched = passed = False
@@ -268,14 +279,14 @@ def test_ray_up_submit_down(tmp_path):
         # The auth token every node shares (cluster/README.md: `ray get-auth-token --generate`).
         client_home = sshd.root / "client-home"
         client_home.mkdir()
-        r = _run([str(RAY_CLI), "get-auth-token", "--generate"], timeout=60,
-                 env=dict(env, HOME=str(client_home)), log=log)
+        r = _run(
+            [str(RAY_CLI), "get-auth-token", "--generate"], timeout=60, env=dict(env, HOME=str(client_home)), log=log
+        )
         token = client_home / ".ray" / "auth_token"
         assert r.returncode == 0 and token.is_file(), _tail(r.stdout)
 
         ray_port = cluster_sshd.free_port()
-        cluster_file.write_text(yaml.safe_dump(
-            _cluster_yaml_for(sshd, name, ray_port, token), sort_keys=False))
+        cluster_file.write_text(yaml.safe_dump(_cluster_yaml_for(sshd, name, ray_port, token), sort_keys=False))
 
         # ---- ray up
         launched = True
@@ -289,14 +300,17 @@ def test_ray_up_submit_down(tmp_path):
         assert (sshd.home / ".ray" / "auth_token").read_text() == token.read_text()
 
         # ---- ray exec 'ray status' (token auth: needs RAY_AUTH_MODE=token, set by setup)
-        r = _run([str(RAY_CLI), "exec", str(cluster_file), "ray status"], timeout=120,
-                 env=env, log=log)
+        r = _run([str(RAY_CLI), "exec", str(cluster_file), "ray status"], timeout=120, env=env, log=log)
         assert r.returncode == 0 and "local.cluster.node" in r.stdout, _tail(r.stdout)
 
         # ---- ray submit: the probe job (the launcher, login PATH and auth, without the job)
         probe_out = sshd.root / "probe.json"
-        r = _run([str(RAY_CLI), "submit", str(cluster_file), str(PROBE_JOB), "--",
-                  "--out", str(probe_out)], timeout=300, env=env, log=log)
+        r = _run(
+            [str(RAY_CLI), "submit", str(cluster_file), str(PROBE_JOB), "--", "--out", str(probe_out)],
+            timeout=300,
+            env=env,
+            log=log,
+        )
         assert r.returncode == 0, f"ray submit (probe) failed:\n{_tail(r.stdout)}"
         probe = json.loads(probe_out.read_text())
         assert probe["squares"] == [i * i for i in range(8)], probe
@@ -312,14 +326,32 @@ def test_ray_up_submit_down(tmp_path):
         clips = sshd.root / "clips"
         keys = _make_clips(clips)
         shards_dir = sshd.root / "shards"
-        r = _run([str(RAY_CLI), "submit", str(cluster_file), str(PREPROCESS_SCRIPT), "--",
-                  "--config", f"~/dfm-video/{TINY_CONFIG_REL}",
-                  "--set", "preprocess.input_type=folder",
-                  "--set", f"preprocess.input_dir={clips}",
-                  "--set", f"preprocess.output_dir={shards_dir}",
-                  "--set", "preprocess.ray_address=auto",
-                  "--set", "preprocess.strict=true",
-                  "--set", "preprocess.progress=false"], timeout=420, env=env, log=log)
+        r = _run(
+            [
+                str(RAY_CLI),
+                "submit",
+                str(cluster_file),
+                str(PREPROCESS_SCRIPT),
+                "--",
+                "--config",
+                f"~/dfm-video/{TINY_CONFIG_REL}",
+                "--set",
+                "preprocess.input_type=folder",
+                "--set",
+                f"preprocess.input_dir={clips}",
+                "--set",
+                f"preprocess.output_dir={shards_dir}",
+                "--set",
+                "preprocess.ray_address=auto",
+                "--set",
+                "preprocess.strict=true",
+                "--set",
+                "preprocess.progress=false",
+            ],
+            timeout=420,
+            env=env,
+            log=log,
+        )
         assert r.returncode == 0, f"ray submit (preprocess) failed:\n{_tail(r.stdout, 120)}"
         _check_shards(shards_dir, keys)
 
@@ -328,8 +360,11 @@ def test_ray_up_submit_down(tmp_path):
         r = _run([str(RAY_CLI), "down", "-y", str(cluster_file)], timeout=180, env=env, log=log)
         assert r.returncode == 0, f"ray down failed:\n{_tail(r.stdout)}"
         assert "Stopped all" in r.stdout or "Stopped only" in r.stdout, _tail(r.stdout)
-        left = [p for p in _kill_by_environ(f"RAY_TMPDIR={sshd.ray_tmpdir}")
-                if p.split(":", 1)[1] in {"raylet", "gcs_server"}]
+        left = [
+            p
+            for p in _kill_by_environ(f"RAY_TMPDIR={sshd.ray_tmpdir}")
+            if p.split(":", 1)[1] in {"raylet", "gcs_server"}
+        ]
         assert not left, f"ray down left Ray running: {left}"
         passed = True
     finally:
@@ -341,9 +376,11 @@ def test_ray_up_submit_down(tmp_path):
         _kill_by_environ(f"RAY_TMPDIR={sshd.ray_tmpdir}")
         if not passed:
             _keep_logs(sshd, tmp_path)
-        control_dir = Path("/tmp") / "ray_ssh_{}".format(
-            hashlib.sha256(sshd.user.encode()).hexdigest()[:10]) / hashlib.sha256(
-            name.encode()).hexdigest()[:10]
+        control_dir = (
+            Path("/tmp")
+            / "ray_ssh_{}".format(hashlib.sha256(sshd.user.encode()).hexdigest()[:10])
+            / hashlib.sha256(name.encode()).hexdigest()[:10]
+        )
         shutil.rmtree(control_dir, ignore_errors=True)
         try:
             control_dir.parent.rmdir()  # only when empty: other launcher runs may share it

@@ -27,7 +27,12 @@ def test_defaults_match_the_paper():
     cfg = load_config(None)
     assert cfg.dfm.num_stages == 2 and cfg.dfm.factors == [(1, 2, 2)]
     assert cfg.dfm.stage_probs == [0.9, 0.1]
-    assert (cfg.dfm.current_loc, cfg.dfm.current_scale, cfg.dfm.earlier_loc, cfg.dfm.earlier_scale) == (0.0, 1.0, 1.5, 1.0)
+    assert (cfg.dfm.current_loc, cfg.dfm.current_scale, cfg.dfm.earlier_loc, cfg.dfm.earlier_scale) == (
+        0.0,
+        1.0,
+        1.5,
+        1.0,
+    )
     assert cfg.optim.betas == (0.9, 0.99) and cfg.optim.lr == 1e-4 and cfg.optim.weight_decay == 0.01
     assert cfg.sample.steps == [30, 10] and cfg.sample.tau == 0.9
     assert cfg.train.ema_decay == 0.9999 and cfg.model.class_dropout == 0.1

@@ -44,10 +44,26 @@ def _run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
 def test_end_to_end_report(dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "reports" / "report.json"
     rc, stdout, _ = _run(
-        capsys, "--real", dirs["real"], "--fake", dirs["shifted"], "--metrics", "fvd,fid,fdd",
-        "--frames", FRAMES, "--num", 2, "--dinov2-weights", dirs["dinov2"], "--out", out, "--device", "cpu",
+        capsys,
+        "--real",
+        dirs["real"],
+        "--fake",
+        dirs["shifted"],
+        "--metrics",
+        "fvd,fid,fdd",
+        "--frames",
+        FRAMES,
+        "--num",
+        2,
+        "--dinov2-weights",
+        dirs["dinov2"],
+        "--out",
+        out,
+        "--device",
+        "cpu",
         # sqrtm of FID's 2048x2048 product takes minutes on 2 busy cores; eigh gives the same value.
-        "--frechet", "eigh",
+        "--frechet",
+        "eigh",
     )
     assert rc == 0
     report = json.loads(out.read_text())

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_helpers import BIN, ROOT, cpu_env, free_port
 
 from dfm_video import evaluate
 from dfm_video.eval.dinov2 import DinoV2Config, DinoVisionTransformer
 from dfm_video.eval.videos import balanced_order, read_video, select_videos
 from dfm_video.media import resize_crop, sample_indices
-from train_helpers import BIN, ROOT, cpu_env, free_port
 
 _spec = importlib.util.spec_from_file_location("eval_media", Path(__file__).parent / "fixtures" / "eval_media.py")
 media = importlib.util.module_from_spec(_spec)
@@ -46,8 +46,22 @@ def _evaluate(args: list, launcher: list) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_fvd_from_two_ranks_equals_one_process(dirs: dict[str, Path], tmp_path: Path) -> None:
-    args = ["--real", dirs["real"], "--fake", dirs["fake"], "--metrics", "fvd", "--frames", FRAMES,
-            "--batch-size", 1, "--device", "cpu", "--frechet", "eigh"]
+    args = [
+        "--real",
+        dirs["real"],
+        "--fake",
+        dirs["fake"],
+        "--metrics",
+        "fvd",
+        "--frames",
+        FRAMES,
+        "--batch-size",
+        1,
+        "--device",
+        "cpu",
+        "--frechet",
+        "eigh",
+    ]
     reports = {}
     for name, launcher in {
         "one": [sys.executable, "-m"],
@@ -58,7 +72,11 @@ def test_fvd_from_two_ranks_equals_one_process(dirs: dict[str, Path], tmp_path: 
         reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert reports["two"]["settings"]["world_size"] == 2
     assert "rank 1/2" in r.stderr  # the second rank extracted its share
-    assert reports["one"]["settings"]["fvd"]["num_fake_samples"] == reports["two"]["settings"]["fvd"]["num_fake_samples"] == 3
+    assert (
+        reports["one"]["settings"]["fvd"]["num_fake_samples"]
+        == reports["two"]["settings"]["fvd"]["num_fake_samples"]
+        == 3
+    )
     assert reports["one"]["metrics"]["fvd"] > 1.0
     assert reports["two"]["metrics"]["fvd"] == reports["one"]["metrics"]["fvd"]  # exactly: same batches, same order
 
@@ -66,25 +84,48 @@ def test_fvd_from_two_ranks_equals_one_process(dirs: dict[str, Path], tmp_path: 
 def test_cached_real_statistics_are_reused_and_refused_on_other_settings(dirs: dict[str, Path], tmp_path: Path) -> None:
     # FDD with a tiny DINOv2: the cache logic is the same for every metric, and this one is cheap on CPU
     cache = tmp_path / "real_stats.npz"
-    kw = dict(metrics=["fdd"], num_frames=FRAMES, batch_size=3, device="cpu", frechet="eigh", real_stats=str(cache),
-              dinov2_weights=str(dirs["dinov2"]))
+    kw = dict(
+        metrics=["fdd"],
+        num_frames=FRAMES,
+        batch_size=3,
+        device="cpu",
+        frechet="eigh",
+        real_stats=str(cache),
+        dinov2_weights=str(dirs["dinov2"]),
+    )
     first = evaluate.evaluate(str(dirs["real"]), str(dirs["fake"]), **kw)
     assert cache.is_file() and first["settings"]["fdd"]["real_statistics"] == "computed"
     again = evaluate.evaluate(str(dirs["real"]), str(dirs["fake"]), **kw)
     assert again["settings"]["fdd"]["real_statistics"] == "cached"
-    assert again["metrics"]["fdd"] == first["metrics"]["fdd"] and again["settings"]["fdd"]["num_real_samples"] == 3 * FRAMES
+    assert (
+        again["metrics"]["fdd"] == first["metrics"]["fdd"]
+        and again["settings"]["fdd"]["num_real_samples"] == 3 * FRAMES
+    )
     other = tmp_path / "other.pth"
-    torch.save(DinoVisionTransformer(DinoV2Config(embed_dim=64, depth=1, patch_size=14, pos_grid=4)).state_dict(), other)
+    torch.save(
+        DinoVisionTransformer(DinoV2Config(embed_dim=64, depth=1, patch_size=14, pos_grid=4)).state_dict(), other
+    )
     with pytest.raises(ValueError, match=r"fdd.weights_sha256: cached '[0-9a-f]{64}', this run '[0-9a-f]{64}'"):
         evaluate.evaluate(str(dirs["real"]), str(dirs["fake"]), **dict(kw, dinov2_weights=str(other)))
-    with pytest.raises(ValueError, match=r"real_stats.npz was computed with other settings \(clip: cached .*'size': None.*this run .*'size': \[32, 32\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"real_stats.npz was computed with other settings \(clip: cached .*'size': None"
+        r".*this run .*'size': \[32, 32\]",
+    ):
         evaluate.evaluate(str(dirs["real"]), str(dirs["fake"]), size=(32, 32), **kw)
     with pytest.raises(ValueError, match=r"num_requested: cached None, this run 2"):
         evaluate.evaluate(str(dirs["real"]), str(dirs["fake"]), num=2, **kw)
 
 
 def test_class_balanced_draw(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    assert balanced_order(["a1", "a2", "a3", "b1", "c1", "c2"], ["a", "a", "a", "b", "c", "c"]) == ["a1", "b1", "c1", "a2", "c2", "a3"]
+    assert balanced_order(["a1", "a2", "a3", "b1", "c1", "c2"], ["a", "a", "a", "b", "c", "c"]) == [
+        "a1",
+        "b1",
+        "c1",
+        "a2",
+        "c2",
+        "a3",
+    ]
     frames = media.source_frames(2)
     for cls, n in (("cat", 3), ("dog", 1), ("eel", 2)):
         for i in range(n):
@@ -106,18 +147,26 @@ def test_real_clips_are_cut_like_training_clips(tmp_path: Path) -> None:
     idx = sample_indices(25.0, 4, 8.0)
     assert idx == [0, 3, 6, 9]
     assert np.array_equal(clip, resize_crop(every[idx], (32, 32))) and clip.shape == (4, 32, 32, 3)
-    with pytest.raises(ValueError, match=r"v.mp4: has 12 frames but 5 are needed per clip at 4.0 fps .source frames 0..25."):
+    with pytest.raises(
+        ValueError, match=r"v.mp4: has 12 frames but 5 are needed per clip at 4.0 fps .source frames 0..25."
+    ):
         read_video(path, 5, fps=4.0)
     with pytest.raises(ValueError, match="below the requested 50.0 fps"):
         read_video(path, 2, fps=50.0)
     # the same rule as the preprocessing that made the training clips
     decode = pytest.importorskip("data_pipeline.decode")
-    assert np.array_equal(clip, decode.decode_clip(str(path), False, decode.DecodeParams(4, 8.0, (32, 32), "pyav")).frames)
+    assert np.array_equal(
+        clip, decode.decode_clip(str(path), False, decode.DecodeParams(4, 8.0, (32, 32), "pyav")).frames
+    )
     x = torch.from_numpy(resize_crop(every[:1], (68, 68)))
-    assert x.shape == (1, 68, 68, 3) and torch.equal(x[0], torch.from_numpy(every[0, :, 46:114]))  # no scaling: a centre crop
+    assert x.shape == (1, 68, 68, 3) and torch.equal(
+        x[0], torch.from_numpy(every[0, :, 46:114])
+    )  # no scaling: a centre crop
 
 
-def test_paper_protocol_fills_the_settings_and_refuses_a_smaller_set(dirs: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+def test_paper_protocol_fills_the_settings_and_refuses_a_smaller_set(
+    dirs: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
     assert evaluate.main(["--protocol", "k700-fvd10k", "--real", str(dirs["real"]), "--fake", str(dirs["fake"])]) == 2
     assert "10000 videos requested (--num) but only 3 found" in capsys.readouterr().err
     assert evaluate.paper_name("fvd", 10000) == "FVD10K" and evaluate.paper_name("fid", 50000) == "FID50K"

@@ -73,9 +73,8 @@ def test_preprocessed_shards_are_decoded_through_their_autoencoder(tiny_shards: 
     assert [tuple(c.shape) for c in clips] == [(9, 32, 32, 3)] * 3 and clips[0].dtype == torch.uint8
     # the pixel codec is exact: the decoded clip equals the stored levels recomposed and mapped to uint8
     first = next(iter_samples(list_shards(dataset)[0]))
-    from dfm_video.dfm import recompose
-
     from dfm_video.autoencoders import load_autoencoder
+    from dfm_video.dfm import recompose
     from dfm_video.media import to_uint8
 
     x = recompose([lv[None] for lv in first.levels], [(1, 2, 2)], "causal")

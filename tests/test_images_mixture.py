@@ -8,16 +8,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from image_helpers import FLUX_SCALE, FLUX_SHIFT, skimage_data_dir
 
 from dfm_video.autoencoders import autoencoder_info, load_autoencoder
 from dfm_video.config import load_config
 from dfm_video.config.schema import MixSource
 from dfm_video.data.loader import open_training_data
-from dfm_video.data.mixture import MixSchedule, MixtureBatchSampler, integer_shares, open_data, open_mixture, skip_temporal
+from dfm_video.data.mixture import (
+    MixSchedule,
+    MixtureBatchSampler,
+    integer_shares,
+    open_data,
+    open_mixture,
+    skip_temporal,
+)
 from dfm_video.models import build_model
 from dfm_video.models.patch import stage_patch_sizes, token_grid
-from image_helpers import FLUX_SCALE, FLUX_SHIFT, skimage_data_dir
-
 
 # ----------------------------------------------------------------------------- configs
 
@@ -37,9 +43,16 @@ def test_imagenet512_configs_load_and_give_equal_token_grids(tmp_path: Path) -> 
 
     # A FLUX-shaped VAE config (16 channels, 8x spatial, shift + scale), random and tiny, saved as users get it.
     torch.manual_seed(0)
-    diffusers.AutoencoderKL(block_out_channels=(4, 4, 4, 4), down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=16, norm_num_groups=2,
-                            layers_per_block=1, scaling_factor=FLUX_SCALE, shift_factor=FLUX_SHIFT).save_pretrained(tmp_path / "vae")
+    diffusers.AutoencoderKL(
+        block_out_channels=(4, 4, 4, 4),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=16,
+        norm_num_groups=2,
+        layers_per_block=1,
+        scaling_factor=FLUX_SCALE,
+        shift_factor=FLUX_SHIFT,
+    ).save_pretrained(tmp_path / "vae")
     from data_pipeline.preprocess import plan_levels
 
     pre = load_config("preprocess/imagenet512.yaml", [f"preprocess.autoencoder_path={tmp_path / 'vae'}"])
@@ -93,12 +106,16 @@ def test_standardisation_follows_the_data_unless_set(tiny_shards, image_shards, 
 
 def test_an_image_dataset_with_a_temporal_factor_is_refused(image_shards) -> None:
     with pytest.raises(ValueError, match=r"shards-pixel holds images \(latent T = 1\) but dfm.factors=\[\[2, 2, 2\]\]"):
-        open_training_data(_cfg(f"data.shards={image_shards['pixel']}", "dfm.factors=[[2,2,2]]", "dfm.standardize=false"))
+        open_training_data(
+            _cfg(f"data.shards={image_shards['pixel']}", "dfm.factors=[[2,2,2]]", "dfm.standardize=false")
+        )
 
 
 def test_one_model_takes_t1_and_video_batches_in_both_temporal_modes() -> None:
     for mode, T in (("causal", 5), ("uniform", 4)):
-        cfg = _cfg("model.patch_size=[2,2,2]", "dfm.factors=[[2,2,2]]", f"dfm.temporal_mode={mode}", "model.in_channels=3")
+        cfg = _cfg(
+            "model.patch_size=[2,2,2]", "dfm.factors=[[2,2,2]]", f"dfm.temporal_mode={mode}", "model.in_channels=3"
+        )
         torch.manual_seed(0)
         model = build_model(cfg.model, cfg.dfm).eval()
         for p in model.final_layers.parameters():  # non-zero heads so the outputs say something
@@ -146,13 +163,18 @@ def test_each_bucket_sees_every_sample_once_per_epoch_and_resumes_exactly() -> N
     sizes, M, sched = [10, 7], 2, MixSchedule([2, 1])
 
     def stream(W: int, start: int, n: int) -> list[list[int]]:
-        its = [iter(MixtureBatchSampler(sizes, sched, micro_batch=M, rank=r, world_size=W, seed=5, start=start)) for r in range(W)]
+        its = [
+            iter(MixtureBatchSampler(sizes, sched, micro_batch=M, rank=r, world_size=W, seed=5, start=start))
+            for r in range(W)
+        ]
         return [next(its[r]) for _ in range(n) for r in range(W)]  # global micro-batch order
 
     full = stream(2, 0, 30)
     per_bucket = [[i for mb in full if mb[0] < 10 for i in mb], [i for mb in full if mb[0] >= 10 for i in mb]]
     assert sorted(per_bucket[0][:10]) == list(range(10))  # an epoch of bucket 0: 5 micro-batches, every sample once
-    assert len(set(per_bucket[1][:6])) == 6 and set(per_bucket[1][:6]) <= set(range(10, 17))  # 3 micro-batches, tail dropped
+    assert len(set(per_bucket[1][:6])) == 6 and set(per_bucket[1][:6]) <= set(
+        range(10, 17)
+    )  # 3 micro-batches, tail dropped
     assert per_bucket[0][:10] != per_bucket[0][10:20]  # a new permutation each epoch
     for k in (1, 7, 13):  # resume at optimizer-step boundaries of 2 ranks x 1 micro-batch
         assert stream(2, k * 2 * M, 30 - k) == full[2 * k :]
@@ -169,8 +191,13 @@ def _mix_cfg(mix: list[tuple[Path, float]], *overrides: str):
 
 
 def test_a_video_and_image_mix_skips_temporal_factors_for_images(tiny_shards, image_shards) -> None:
-    cfg = _mix_cfg([(tiny_shards, 0.75), (image_shards["pixel"], 0.25)], "model.patch_size=[2,2,2]",
-                   "dfm.factors=[[2,2,2]]", "dfm.standardize=false", "model.num_classes=12")
+    cfg = _mix_cfg(
+        [(tiny_shards, 0.75), (image_shards["pixel"], 0.25)],
+        "model.patch_size=[2,2,2]",
+        "dfm.factors=[[2,2,2]]",
+        "dfm.standardize=false",
+        "model.num_classes=12",
+    )
     data = open_data(cfg)
     video, image = data.buckets
     assert [video.weight, image.weight] == [0.75, 0.25]
@@ -196,11 +223,23 @@ def _take(it, n):
 
 
 def test_mix_bad_inputs_name_the_datasets_and_values(tiny_shards, image_shards) -> None:
-    with pytest.raises(ValueError, match=r"different latent channels.*shards.*48 channels.*shards-kl.*16 channels, autoencoder 'kl:flux-vae"):
+    with pytest.raises(
+        ValueError,
+        match=r"different latent channels.*shards.*48 channels.*shards-kl.*16 channels, autoencoder 'kl:flux-vae",
+    ):
         open_mixture(_mix_cfg([(tiny_shards, 1.0), (image_shards["kl"], 1.0)]))
-    with pytest.raises(ValueError, match=r"data.mix\[1\] 'shards-pixel' .* has 8 usable clips, fewer than one micro-batch .*micro_batch_size=9"):
-        open_mixture(_mix_cfg([(tiny_shards, 1.0), (image_shards["pixel"], 1.0)], "distributed.micro_batch_size=9",
-                              "distributed.global_batch_size=18", "model.num_classes=12"))
+    with pytest.raises(
+        ValueError,
+        match=r"data.mix\[1\] 'shards-pixel' .* has 8 usable clips, fewer than one micro-batch .*micro_batch_size=9",
+    ):
+        open_mixture(
+            _mix_cfg(
+                [(tiny_shards, 1.0), (image_shards["pixel"], 1.0)],
+                "distributed.micro_batch_size=9",
+                "distributed.global_batch_size=18",
+                "model.num_classes=12",
+            )
+        )
     with pytest.raises(ValueError, match=r"weights \[\('shards-pixel', 0.0001\)\] are below 1/1000"):
         open_mixture(_mix_cfg([(tiny_shards, 1.0), (image_shards["pixel"], 1e-4)], "model.num_classes=12"))
     with pytest.raises(ValueError, match=r"model.num_classes=3 but the datasets of data.mix have \d+ distinct labels"):
@@ -223,16 +262,22 @@ def test_evaluation_reads_images_as_one_frame_videos_and_only_the_listed_samples
     from dfm_video.eval.videos import list_videos, read_video
 
     rng = np.random.default_rng(0)
-    pixels = {name: rng.integers(0, 256, (12, 20, 3), dtype=np.uint8) for name in ("a.png", "b.png", "contact_sheet.png")}
+    pixels = {
+        name: rng.integers(0, 256, (12, 20, 3), dtype=np.uint8) for name in ("a.png", "b.png", "contact_sheet.png")
+    }
     for name, arr in pixels.items():
         Image.fromarray(arr).save(tmp_path / name)
     Image.open(skimage_data_dir() / "rocket.jpg").save(tmp_path / "c.jpg")
     assert [p.name for p in list_videos(tmp_path)] == ["a.png", "b.png", "c.jpg", "contact_sheet.png"]
     frames = read_video(tmp_path / "a.png", 1)
-    assert frames.shape == (1, 12, 20, 3) and torch.equal(frames[0], torch.from_numpy(pixels["a.png"]))  # PNG is lossless
+    assert frames.shape == (1, 12, 20, 3) and torch.equal(
+        frames[0], torch.from_numpy(pixels["a.png"])
+    )  # PNG is lossless
     assert read_video(tmp_path / "c.jpg", 1).shape == (1, 427, 640, 3)
     with pytest.raises(ValueError, match="is an image, so clips have 1 frame"):
         read_video(tmp_path / "a.png", 2)
     # a dfm_video.sample output folder: its samples.json names the samples (not the contact sheet)
-    (tmp_path / "samples.json").write_text(json.dumps({"samples": ["out/b.png", "out/a.png"], "contact_sheet": "out/contact_sheet.png"}))
+    (tmp_path / "samples.json").write_text(
+        json.dumps({"samples": ["out/b.png", "out/a.png"], "contact_sheet": "out/contact_sheet.png"})
+    )
     assert [p.name for p in list_videos(tmp_path)] == ["a.png", "b.png"]

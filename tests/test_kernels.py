@@ -51,6 +51,7 @@ def _check(fn, ref, inputs, out_grads, names, dtype=torch.float32, ref_dtype=tor
     got_in, ref_in = _leaves(inputs, dtype), _leaves(inputs, ref_dtype)
     got, want = fn(*got_in), ref(*ref_in)
     got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+
     def close(g, w, what):
         atol = tol["atol"] + scale_atol * w.abs().max().item()
         torch.testing.assert_close(g, w.to(dtype), rtol=tol["rtol"], atol=atol, msg=lambda m: f"{what}: {m}")
@@ -74,6 +75,7 @@ def _randn(*shape, device=DEV):
 
 # ---------------------------------------------------------------- modulated norm (+ gated residual)
 
+
 def _modnorm_case(B, N, D, norm, device=DEV):
     x = _randn(B, N, D, device=device) * 2 + 0.5  # a non-zero mean, so LayerNorm != RMSNorm
     shift, scale = _randn(B, D, device=device), _randn(B, D, device=device) * 0.5
@@ -85,8 +87,13 @@ def _modnorm_case(B, N, D, norm, device=DEV):
 @pytest.mark.parametrize("N,D", [(1, 24), (7, 37), (13, 40), (37, 24), (37, 37), (5, 1152)])
 def test_modulated_norm_matches_reference(N, D, norm):
     inputs, grads = _modnorm_case(2, N, D, norm)
-    _check(lambda *a: K.modulated_norm(*a, norm=norm, backend="triton"),
-           lambda *a: K.modulated_norm_reference(*a, norm=norm), inputs, grads, ["x", "shift", "scale"])
+    _check(
+        lambda *a: K.modulated_norm(*a, norm=norm, backend="triton"),
+        lambda *a: K.modulated_norm_reference(*a, norm=norm),
+        inputs,
+        grads,
+        ["x", "shift", "scale"],
+    )
 
 
 @needs_triton
@@ -96,8 +103,13 @@ def test_modulated_norm_eps_is_honoured(norm):
     square root, fails here."""
     inputs, grads = _modnorm_case(2, 7, 37, norm)
     inputs[0] = inputs[0] * 0.05  # variance ~1e-2
-    _check(lambda *a: K.modulated_norm(*a, norm=norm, eps=1e-2, backend="triton"),
-           lambda *a: K.modulated_norm_reference(*a, norm=norm, eps=1e-2), inputs, grads, ["x", "shift", "scale"])
+    _check(
+        lambda *a: K.modulated_norm(*a, norm=norm, eps=1e-2, backend="triton"),
+        lambda *a: K.modulated_norm_reference(*a, norm=norm, eps=1e-2),
+        inputs,
+        grads,
+        ["x", "shift", "scale"],
+    )
 
 
 def _fused_case(B, N, D, device=DEV):
@@ -114,9 +126,13 @@ def test_gated_residual_modulated_norm_matches_reference(N, D, norm, used):
     inputs = _fused_case(2, N, D)
     dh = None if used == "out_only" else _randn(2, N, D)
     dout = None if used == "h_only" else _randn(2, N, D)
-    _check(lambda *a: K.gated_residual_modulated_norm(*a, norm=norm, backend="triton"),
-           lambda *a: K.gated_residual_modulated_norm_reference(*a, norm=norm),
-           inputs, [dh, dout], ["x", "gate", "y", "shift", "scale"])
+    _check(
+        lambda *a: K.gated_residual_modulated_norm(*a, norm=norm, backend="triton"),
+        lambda *a: K.gated_residual_modulated_norm_reference(*a, norm=norm),
+        inputs,
+        [dh, dout],
+        ["x", "gate", "y", "shift", "scale"],
+    )
 
 
 def test_modulated_norm_reference_is_the_formula():
@@ -137,15 +153,22 @@ def test_fused_reference_rounds_h_before_the_norm():
 
 # ---------------------------------------------------------------- gated residual
 
+
 @needs_triton
 @pytest.mark.parametrize("N,D", [(1, 24), (7, 37), (13, 40), (37, 200), (97, 24), (3, 1152)])
 def test_gated_residual_matches_reference(N, D):
     x, gate, y = _randn(2, N, D), _randn(2, D), _randn(2, N, D)
-    _check(lambda *a: K.gated_residual(*a, backend="triton"), K.gated_residual_reference,
-           [x, gate, y], [_randn(2, N, D)], ["x", "gate", "y"])
+    _check(
+        lambda *a: K.gated_residual(*a, backend="triton"),
+        K.gated_residual_reference,
+        [x, gate, y],
+        [_randn(2, N, D)],
+        ["x", "gate", "y"],
+    )
 
 
 # ---------------------------------------------------------------- RoPE
+
 
 def _rope_case(B, Hq, Hk, grid, hd, device=DEV):
     N = grid[0] * grid[1] * grid[2]
@@ -155,13 +178,18 @@ def _rope_case(B, Hq, Hk, grid, hd, device=DEV):
 
 @needs_triton
 @pytest.mark.parametrize("Hq,Hk", [(3, 3), (3, 1), (2, 5)])
-@pytest.mark.parametrize("grid,hd", [((1, 1, 1), 6), ((1, 1, 7), 12), ((2, 3, 2), 18), ((1, 13, 1), 72),
-                                     ((3, 3, 4), 64)])
+@pytest.mark.parametrize(
+    "grid,hd", [((1, 1, 1), 6), ((1, 1, 7), 12), ((2, 3, 2), 18), ((1, 13, 1), 72), ((3, 3, 4), 64)]
+)
 def test_rope_matches_reference(grid, hd, Hq, Hk):
     q, k, cos, sin = _rope_case(2, Hq, Hk, grid, hd)
-    _check(lambda q, k: K.apply_rope(q, k, cos, sin, backend="triton"),
-           lambda q, k: K.apply_rope_reference(q, k, cos, sin), [q, k], [_randn(*q.shape), _randn(*k.shape)],
-           ["q", "k"])
+    _check(
+        lambda q, k: K.apply_rope(q, k, cos, sin, backend="triton"),
+        lambda q, k: K.apply_rope_reference(q, k, cos, sin),
+        [q, k],
+        [_randn(*q.shape), _randn(*k.shape)],
+        ["q", "k"],
+    )
 
 
 @needs_triton
@@ -197,8 +225,9 @@ def test_rope_axis_split_and_tables():
     pt, ph, pw = K.rope_axis_pairs(hd)  # (2, 2, 2)
     t, h, w = 2, 1, 3
     row = (t * H + h) * W + w  # t-major flattening
-    expect = torch.cat([p * theta ** (-torch.arange(n, dtype=torch.float64) / n) for p, n in
-                        ((t, pt), (h, ph), (w, pw))])
+    expect = torch.cat(
+        [p * theta ** (-torch.arange(n, dtype=torch.float64) / n) for p, n in ((t, pt), (h, ph), (w, pw))]
+    )
     torch.testing.assert_close(cos[row], expect.cos())
     torch.testing.assert_close(sin[row], expect.sin())
 
@@ -219,6 +248,7 @@ def test_rope_reference_is_relative_in_position():
 
 
 # ---------------------------------------------------------------- dispatch switch
+
 
 def test_backend_switch_resolution(monkeypatch):
     assert K.resolve_backend("torch", "cpu") == "torch"
@@ -270,6 +300,7 @@ def test_importing_kernels_does_not_import_triton():
 
 # ---------------------------------------------------------------- GPU: bf16 / fp32 at DiT widths
 
+
 def gpu_test(fn):
     fn = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(fn)
     return pytest.mark.gpu(fn)
@@ -296,9 +327,14 @@ def _gpu_tol(dtype):
 @pytest.mark.parametrize("N,D", [(4099, 1152), (1031, 2048)])
 def test_gpu_modulated_norm(N, D, norm, dtype):
     inputs, grads = _modnorm_case(2, N, D, norm, "cuda")
-    _check(lambda *a: K.modulated_norm(*a, norm=norm, backend="triton"),
-           lambda *a: K.modulated_norm_reference(*a, norm=norm), inputs, grads,
-           ["x", "shift", "scale"], **_gpu_tol(dtype))
+    _check(
+        lambda *a: K.modulated_norm(*a, norm=norm, backend="triton"),
+        lambda *a: K.modulated_norm_reference(*a, norm=norm),
+        inputs,
+        grads,
+        ["x", "shift", "scale"],
+        **_gpu_tol(dtype),
+    )
 
 
 @gpu_test
@@ -307,10 +343,14 @@ def test_gpu_modulated_norm(N, D, norm, dtype):
 @pytest.mark.parametrize("N,D", [(4099, 1152), (1031, 2048)])
 def test_gpu_gated_residual_modulated_norm(N, D, norm, dtype):
     inputs = _fused_case(2, N, D, "cuda")
-    _check(lambda *a: K.gated_residual_modulated_norm(*a, norm=norm, backend="triton"),
-           lambda *a: K.gated_residual_modulated_norm_reference(*a, norm=norm), inputs,
-           [_randn(2, N, D, device="cuda"), _randn(2, N, D, device="cuda")],
-           ["x", "gate", "y", "shift", "scale"], **_gpu_tol(dtype))
+    _check(
+        lambda *a: K.gated_residual_modulated_norm(*a, norm=norm, backend="triton"),
+        lambda *a: K.gated_residual_modulated_norm_reference(*a, norm=norm),
+        inputs,
+        [_randn(2, N, D, device="cuda"), _randn(2, N, D, device="cuda")],
+        ["x", "gate", "y", "shift", "scale"],
+        **_gpu_tol(dtype),
+    )
 
 
 @gpu_test
@@ -318,8 +358,14 @@ def test_gpu_gated_residual_modulated_norm(N, D, norm, dtype):
 def test_gpu_gated_residual(dtype):
     N, D = 4099, 1152
     inputs = [_randn(2, N, D, device="cuda"), _randn(2, D, device="cuda"), _randn(2, N, D, device="cuda")]
-    _check(lambda *a: K.gated_residual(*a, backend="triton"), K.gated_residual_reference, inputs,
-           [_randn(2, N, D, device="cuda")], ["x", "gate", "y"], **_gpu_tol(dtype))
+    _check(
+        lambda *a: K.gated_residual(*a, backend="triton"),
+        K.gated_residual_reference,
+        inputs,
+        [_randn(2, N, D, device="cuda")],
+        ["x", "gate", "y"],
+        **_gpu_tol(dtype),
+    )
 
 
 @gpu_test
@@ -327,10 +373,14 @@ def test_gpu_gated_residual(dtype):
 @pytest.mark.parametrize("grid,heads,hd", [((5, 29, 29), 16, 72), ((3, 16, 24), 16, 128)])
 def test_gpu_rope(grid, heads, hd, dtype):
     q, k, cos, sin = _rope_case(2, heads, heads, grid, hd, "cuda")
-    _check(lambda q, k: K.apply_rope(q, k, cos, sin, backend="triton"),
-           lambda q, k: K.apply_rope_reference(q, k, cos, sin), [q, k],
-           [_randn(*q.shape, device="cuda"), _randn(*k.shape, device="cuda")], ["q", "k"],
-           **_gpu_tol(dtype))
+    _check(
+        lambda q, k: K.apply_rope(q, k, cos, sin, backend="triton"),
+        lambda q, k: K.apply_rope_reference(q, k, cos, sin),
+        [q, k],
+        [_randn(*q.shape, device="cuda"), _randn(*k.shape, device="cuda")],
+        ["q", "k"],
+        **_gpu_tol(dtype),
+    )
 
 
 @gpu_test

@@ -23,7 +23,10 @@ def test_noisy_levels_follow_the_paper_convention():
 
 def test_loss_sums_active_stage_means_and_averages_batch():
     g = torch.Generator().manual_seed(1)
-    pred = [torch.randn(4, 2, 1, 2, 2, generator=g, dtype=torch.float64), torch.randn(4, 2, 3, 4, 4, generator=g, dtype=torch.float64)]
+    pred = [
+        torch.randn(4, 2, 1, 2, 2, generator=g, dtype=torch.float64),
+        torch.randn(4, 2, 3, 4, 4, generator=g, dtype=torch.float64),
+    ]
     target = [torch.randn_like(p) for p in pred]
     active = torch.tensor([[True, False], [True, True], [True, True], [True, False]])
     out = dfm_loss(pred, target, active)

@@ -12,7 +12,6 @@ from dfm_video.dfm import decompose
 from dfm_video.models import DiT3D, build_model, stage_patch_sizes
 from dfm_video.models.patch import patchify, unpatchify
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 

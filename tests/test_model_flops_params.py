@@ -13,7 +13,6 @@ from dfm_video.config.schema import DFMConfig, ModelConfig
 from dfm_video.dfm import decompose
 from dfm_video.models import SIZES, build_model, model_flops, parameter_counts, training_flops
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 

@@ -27,10 +27,9 @@ if not torch.cuda.is_available():
     # Must precede the first Triton kernel import (the mode is read when a kernel is decorated).
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels import _triton  # noqa: E402
-
 from dfm_video.dfm import decompose  # noqa: E402
 from dfm_video.models import build_model  # noqa: E402
+from kernels import _triton  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -49,10 +48,12 @@ def _stale_triton_import() -> str | None:
 _STALE = _stale_triton_import()
 # The tests that run Triton kernels in this process (their names contain "triton_model").
 in_process_triton = pytest.mark.skipif(
-    _STALE is not None, reason=f"{_STALE}; test_triton_path_in_a_fresh_process runs this test instead")
+    _STALE is not None, reason=f"{_STALE}; test_triton_path_in_a_fresh_process runs this test instead"
+)
 
 
 from dfm_video.config.schema import DFMConfig, ModelConfig  # noqa: E402
+
 C = 4
 SPATIAL = DFMConfig(num_stages=2, factors=[(1, 2, 2)], stage_probs=[0.5, 0.5])
 SPATIO_TEMPORAL = DFMConfig(num_stages=2, factors=[(2, 2, 2)], stage_probs=[0.5, 0.5], temporal_mode="causal")
@@ -118,8 +119,11 @@ def _spy_triton(monkeypatch) -> dict[str, int]:
     from kernels import _gated_residual_triton, _modulated_norm_triton, _rope_triton
 
     calls: dict[str, int] = {}
-    for mod, names in ((_modulated_norm_triton, ("forward", "backward")),
-                       (_gated_residual_triton, ("forward", "backward")), (_rope_triton, ("rotate",))):
+    for mod, names in (
+        (_modulated_norm_triton, ("forward", "backward")),
+        (_gated_residual_triton, ("forward", "backward")),
+        (_rope_triton, ("rotate",)),
+    ):
         for name in names:
             fn, key = getattr(mod, name), f"{mod.__name__.rsplit('.', 1)[-1].strip('_')}.{name}"
 
@@ -151,8 +155,9 @@ def _assert_close_fp32(got: torch.Tensor, want: torch.Tensor, what: str) -> None
     [
         pytest.param(SPATIAL, (1, 2, 2), (3, 8, 8), {}, id="spatial-qknorm"),
         # without QK-norm, q and k reach the RoPE kernel as strided views of the qkv projection
-        pytest.param(SPATIO_TEMPORAL, (2, 2, 2), (5, 8, 8), dict(qk_norm=False, hidden_size=64),
-                     id="causal-strided-qk"),
+        pytest.param(
+            SPATIO_TEMPORAL, (2, 2, 2), (5, 8, 8), dict(qk_norm=False, hidden_size=64), id="causal-strided-qk"
+        ),
     ],
 )
 def test_triton_model_matches_torch_forward_and_grads(monkeypatch, dfm_cfg, patch, shape, kw) -> None:
@@ -201,9 +206,24 @@ def test_triton_model_with_checkpointing_matches_without(monkeypatch) -> None:
 def test_triton_path_in_a_fresh_process() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "--noconftest",
-         "-k", "triton_model"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            __file__,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--noconftest",
+            "-k",
+            "triton_model",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     passed = re.search(r"(\d+) passed", proc.stdout)
     assert proc.returncode == 0 and passed and int(passed.group(1)) >= 3, proc.stdout[-4000:] + proc.stderr[-2000:]
 
@@ -271,20 +291,32 @@ def test_model_imports_and_runs_with_only_torch() -> None:
     """The GPU image has torch (+ triton) but no yaml/einops/tqdm/deepspeed/ray/av/diffusers."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("TRITON_INTERPRET", None)
-    proc = subprocess.run([sys.executable, "-c", _IMPORT_CHECK], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORT_CHECK], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU smoke test; on a GPU benchmarks/gpu_check.sh runs bench_step itself")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="a CPU smoke test; on a GPU benchmarks/gpu_check.sh runs bench_step itself"
+)
 def test_bench_step_quick_runs_on_cpu() -> None:
     """The GPU check's training-step section runs end to end (tiny model; Triton rows when possible)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_step", "--quick", "--device", "cpu"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_step", "--quick", "--device", "cpu"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()
-            if line.split() and line.split()[0] in ("baseline", "kernels-off", "FM")}
+    rows = {
+        line.split()[0]: line.split()
+        for line in proc.stdout.splitlines()
+        if line.split() and line.split()[0] in ("baseline", "kernels-off", "FM")
+    }
     assert float(rows["baseline"][5]) > 0 and rows["FM"][3] == "1"  # ms/step; FM has 1 stage
     if _triton._triton_importable():  # the interpreter runs the Triton rows on CPU
         assert rows["baseline"][2] == "triton" and rows["kernels-off"][2] == "torch"

@@ -9,7 +9,6 @@ from dfm_video.config.schema import DFMConfig, ModelConfig
 from dfm_video.dfm import TimestepParams, decompose, dfm_loss, noisy_levels, sample_noise, sample_timesteps
 from dfm_video.models import build_model
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 

@@ -10,11 +10,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
-import data_pipeline.preprocess as P
-from data_pipeline.decode import ClipRejected, DecodeParams, decode_clip, resize_crop
-from data_pipeline.isolate import DecoderProcess, IsolationSettings
-from dfm_video.data import schema as S
 from pipeline_helpers import (
     frame_index_of,
     inflate_mp4_durations,
@@ -22,6 +17,11 @@ from pipeline_helpers import (
     tiny_config,
     write_synthetic,
 )
+
+import data_pipeline.preprocess as P
+from data_pipeline.decode import ClipRejected, DecodeParams, decode_clip, resize_crop
+from data_pipeline.isolate import DecoderProcess, IsolationSettings
+from dfm_video.data import schema as S
 
 TB = Fraction(1, 1000)  # millisecond timestamps
 
@@ -47,7 +47,9 @@ def test_variable_frame_rate_is_sampled_by_timestamp(tmp_path, decoder: str) -> 
     clip = decode_clip(str(path), False, DecodeParams(9, 8.0, (32, 32), decoder))
     expected = nearest_by_brute_force([p / 1000 for p in pts], 9, 8.0)
     assert clip.indices == expected
-    assert clip.indices != [int(k * clip.source_fps / 8.0 + 0.5) for k in range(9)]  # index x average fps would be wrong
+    assert clip.indices != [
+        int(k * clip.source_fps / 8.0 + 0.5) for k in range(9)
+    ]  # index x average fps would be wrong
     assert [frame_index_of(f) for f in clip.frames] == expected  # the pixels are those frames'
 
 
@@ -70,8 +72,9 @@ def test_header_that_lies_about_its_length(tmp_path) -> None:
 
 
 def test_odd_frame_sizes(tmp_path) -> None:
-    path = write_synthetic(tmp_path / "odd.mp4", list(range(0, 30 * 40, 40)), TB, size=(61, 97), pix_fmt="yuv444p",
-                           marker=True)
+    path = write_synthetic(
+        tmp_path / "odd.mp4", list(range(0, 30 * 40, 40)), TB, size=(61, 97), pix_fmt="yuv444p", marker=True
+    )
     for res in ((33, 31), (32, 32)):
         clip = decode_clip(str(path), False, DecodeParams(9, 8.0, res, "decord"))
         assert clip.frames.shape == (9, *res, 3) and clip.source_hw == (61, 97)
@@ -83,14 +86,20 @@ def test_rotation_metadata_is_honoured(tmp_path) -> None:
     """A 64x48 (w x h) stream with a 90-degree display rotation is shown 48 wide, 64 high; the white
     block painted top-left of the stored frames ends bottom-left (90 degrees counter-clockwise,
     FFmpeg's display-matrix convention)."""
-    path = write_synthetic(tmp_path / "rot.mp4", list(range(0, 30 * 40, 40)), TB, size=(48, 64), marker=True, rotation=90)
+    path = write_synthetic(
+        tmp_path / "rot.mp4", list(range(0, 30 * 40, 40)), TB, size=(48, 64), marker=True, rotation=90
+    )
     for decoder in ("decord", "pyav"):
         clip = decode_clip(str(path), False, DecodeParams(9, 8.0, (64, 48), decoder))
         assert clip.source_hw == (64, 48), decoder
         white = clip.frames[0, ..., 0] > 200
         rows, cols = np.nonzero(white)
         # stored rows 0..11 become displayed columns 0..11; stored columns 0..15 become rows 48..63
-        assert rows.min() >= 48 - 2 and rows.max() == 63 and cols.min() == 0 and cols.max() <= 11 + 2, (decoder, rows, cols)
+        assert rows.min() >= 48 - 2 and rows.max() == 63 and cols.min() == 0 and cols.max() <= 11 + 2, (
+            decoder,
+            rows,
+            cols,
+        )
 
 
 def test_isolated_decoder_survives_hang_crash_memory_and_io_errors(tmp_path) -> None:
@@ -99,9 +108,14 @@ def test_isolated_decoder_survives_hang_crash_memory_and_io_errors(tmp_path) -> 
         (tmp_path / f"{name}.mp4").write_bytes(path.read_bytes())
     hook = "hang.mp4=hang,segv.mp4=segv,oom.mp4=oom,eio.mp4=eio"
     params = DecodeParams(9, 8.0, (32, 32), "decord", fault_hook=hook)
-    proc = DecoderProcess(IsolationSettings(timeout_s=5.0, memory_mb=3072, io_retries=2, retry_backoff_s=0.05), threads=1)
+    proc = DecoderProcess(
+        IsolationSettings(timeout_s=5.0, memory_mb=3072, io_retries=2, retry_backoff_s=0.05), threads=1
+    )
     try:
-        got = {n: proc.decode(str(tmp_path / f"{n}.mp4"), False, params) for n in ("ok", "hang", "segv", "oom", "eio", "ok")}
+        got = {
+            n: proc.decode(str(tmp_path / f"{n}.mp4"), False, params)
+            for n in ("ok", "hang", "segv", "oom", "eio", "ok")
+        }
     finally:
         proc.stop()
     assert not isinstance(got["ok"], ClipRejected) and got["ok"].frames.shape == (9, 32, 32, 3)
@@ -109,7 +123,9 @@ def test_isolated_decoder_survives_hang_crash_memory_and_io_errors(tmp_path) -> 
     assert got["segv"].reason == "decoder crashed: SIGSEGV"
     assert got["oom"].reason == "decoder out of memory"
     assert got["eio"].reason == "I/O error" and "after 2 retries" in got["eio"].detail
-    assert np.array_equal(got["ok"].frames, decode_clip(str(path), False, DecodeParams(9, 8.0, (32, 32), "decord")).frames)
+    assert np.array_equal(
+        got["ok"].frames, decode_clip(str(path), False, DecodeParams(9, 8.0, (32, 32), "decord")).frames
+    )
 
 
 @pytest.mark.parametrize("layout", ["split", "fused"])
@@ -129,9 +145,16 @@ def test_faulty_clips_become_rejects_and_the_job_goes_on(ray_local, tmp_path, mo
     monkeypatch.setenv("DFM_TEST_DECODE_HOOK", "hang.mp4=hang,segv.mp4=segv")
     monkeypatch.setenv("DFM_TEST_ENCODE_HOOK", "encfail.mp4")
     out = tmp_path / "out"
-    cfg = tiny_config(out, clips, f"preprocess.layout={layout}", "preprocess.decode_timeout_s=8",
-                      "preprocess.batch_size=4", "preprocess.samples_per_shard=4", "preprocess.clips_per_task=2",
-                      "preprocess.latent_dtype=bfloat16")
+    cfg = tiny_config(
+        out,
+        clips,
+        f"preprocess.layout={layout}",
+        "preprocess.decode_timeout_s=8",
+        "preprocess.batch_size=4",
+        "preprocess.samples_per_shard=4",
+        "preprocess.clips_per_task=2",
+        "preprocess.latent_dtype=bfloat16",
+    )
     summary = P.run(cfg)
     rejects = {r["key"]: r for r in S.read_rejects(out).to_pylist()}
     assert {k: (r["stage"], r["reason"]) for k, r in rejects.items()} == {
@@ -145,7 +168,14 @@ def test_faulty_clips_become_rejects_and_the_job_goes_on(ray_local, tmp_path, mo
     info = S.DatasetInfo.load(out)
     assert info.manifest["ignored_files"] == {".txt": 1} and info.manifest["runs"][-1]["run_id"] == summary.run_id
     samples = {s.key: s for shard in info.shards for s in S.read_shard(shard)}
-    assert set(samples) == {"a/seed0.mp4", "b/seed1.mp4", "a/clip002.mp4", "b/mpeg2.mpg", "b/flash.flv", "b/windows.wmv"}
+    assert set(samples) == {
+        "a/seed0.mp4",
+        "b/seed1.mp4",
+        "a/clip002.mp4",
+        "b/mpeg2.mpg",
+        "b/flash.flv",
+        "b/windows.wmv",
+    }
     assert samples["b/mpeg2.mpg"].source_height == 48 and samples["b/mpeg2.mpg"].source_width == 64
     assert samples["a/seed0.mp4"].source_fps == 25.0 and samples["a/seed0.mp4"].source_width > 0
     for shard in info.shards:  # one clip per row group; latents stored as bfloat16, read back as float32
@@ -173,8 +203,12 @@ def test_old_shards_and_rejects_parts_still_read(tmp_path) -> None:
     torch.manual_seed(0)
     shapes = [[4, 3, 2, 2], [4, 3, 4, 4]]
     layout = ShardLayout([[1, 2, 2]], "causal", shapes, {"id": "pixel"}, "bfloat16")
-    samples = [S.Sample(f"k{i}", "a", 0, "train", f"/p/{i}.mp4", 8.0, 25.0, [0, 3], [torch.randn(*s) for s in shapes], 360, 640)
-               for i in range(3)]
+    samples = [
+        S.Sample(
+            f"k{i}", "a", 0, "train", f"/p/{i}.mp4", 8.0, 25.0, [0, 3], [torch.randn(*s) for s in shapes], 360, 640
+        )
+        for i in range(3)
+    ]
     ref = [[x.clone() for x in s.levels] for s in samples]
     DatasetStore(tmp_path).close()  # creates shards/ and rejects/
     name = write_clips(tmp_path, samples, [Reject("bad", "/p/bad.mp4", "decode", "too short", "x", "run-9")], layout)
@@ -208,13 +242,19 @@ def test_resource_wait_and_preflight_name_what_is_missing(ray_local, tmp_path) -
 
     p = tiny_config(tmp_path / "o", tmp_path, "preprocess.encode_gpus=1", "preprocess.resource_wait_s=1.5").preprocess
     t0 = _time.time()
-    with pytest.raises(ValueError, match=r"waited preprocess.resource_wait_s=1.5 s: .*1 GPUs but the Ray cluster has 0"):
+    with pytest.raises(
+        ValueError, match=r"waited preprocess.resource_wait_s=1.5 s: .*1 GPUs but the Ray cluster has 0"
+    ):
         wait_for_resources(p, poll_s=0.5)
     assert _time.time() - t0 >= 1.5
     wait_for_resources(tiny_config(tmp_path / "o", tmp_path).preprocess)  # fits: returns at once
     (tmp_path / "o").mkdir()
     preflight(tiny_config(tmp_path / "o", tmp_path).preprocess)
-    missing = tiny_config(tmp_path / "o", tmp_path, "preprocess.autoencoder=cogvideox",
-                          f"preprocess.autoencoder_path={tmp_path / 'no-vae'}").preprocess
+    missing = tiny_config(
+        tmp_path / "o",
+        tmp_path,
+        "preprocess.autoencoder=cogvideox",
+        f"preprocess.autoencoder_path={tmp_path / 'no-vae'}",
+    ).preprocess
     with pytest.raises(ValueError, match=r"preflight: .*node \S+ \(.+\) lacks preprocess.autoencoder_path=.*no-vae"):
         preflight(missing)

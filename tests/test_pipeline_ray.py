@@ -13,14 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import data_pipeline.preprocess as P
-from data_pipeline.decode import DecodeParams, decode_clip
-from data_pipeline.encode import frames_to_video
-from dfm_video.autoencoders import load_autoencoder
-from dfm_video.data import schema as S
-from dfm_video.dfm.pyramid import decompose
-from dfm_video.dfm.standardize import LevelMoments
 from pipeline_helpers import (
     KINETICS_ROWS,
     MISSING_ROW,
@@ -35,12 +27,31 @@ from pipeline_helpers import (
     write_raw_h264,
 )
 
+import data_pipeline.preprocess as P
+from data_pipeline.decode import DecodeParams, decode_clip
+from data_pipeline.encode import frames_to_video
+from dfm_video.autoencoders import load_autoencoder
+from dfm_video.data import schema as S
+from dfm_video.dfm.pyramid import decompose
+from dfm_video.dfm.standardize import LevelMoments
+
 
 def _cli(module: bool, clips: Path, out: Path) -> list[str]:
     entry = ["-m", "data_pipeline.preprocess"] if module else [str(ROOT / "data_pipeline" / "preprocess.py")]
-    sets = [f"preprocess.input_dir={clips}", f"preprocess.output_dir={out}", "preprocess.samples_per_shard=1",
-            "preprocess.batch_size=1", "preprocess.progress=false"]
-    return [sys.executable, *entry, "--config", "configs/preprocess/tiny.yaml", *[a for s in sets for a in ("--set", s)]]
+    sets = [
+        f"preprocess.input_dir={clips}",
+        f"preprocess.output_dir={out}",
+        "preprocess.samples_per_shard=1",
+        "preprocess.batch_size=1",
+        "preprocess.progress=false",
+    ]
+    return [
+        sys.executable,
+        *entry,
+        "--config",
+        "configs/preprocess/tiny.yaml",
+        *[a for s in sets for a in ("--set", s)],
+    ]
 
 
 def _kill_after(proc: subprocess.Popen, out: Path, shards_before: int, extra_delay: float) -> None:
@@ -69,11 +80,18 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path) -> None:
     make_folder_clips(clips, 30)
     seen = 0
     for kill in range(3):
-        proc = subprocess.Popen(_cli(True, clips, out), cwd=ROOT, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _cli(True, clips, out),
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         _kill_after(proc, out, seen, rng.uniform(0.0, 0.3))
         time.sleep(0.5)
-        assert not (out / S.MANIFEST_FILE).exists(), f"kill {kill}: the run finished before the kill: nothing was tested"
+        assert not (out / S.MANIFEST_FILE).exists(), (
+            f"kill {kill}: the run finished before the kill: nothing was tested"
+        )
         visible = S.list_shards(out)
         assert seen < len(visible) <= 30
         for shard in visible:  # every visible shard is complete and readable
@@ -108,9 +126,16 @@ def _check_stats_exact(root: Path, info: S.DatasetInfo) -> None:
 def test_kinetics_end_to_end_rerun_and_resume(ray_local, tmp_path, monkeypatch, capsys) -> None:
     ann, root, labels_file = make_kinetics(tmp_path)
     out = tmp_path / "shards"
-    cfg = tiny_config(out, root, "preprocess.input_type=kinetics", f"preprocess.annotations={ann}",
-                      f"preprocess.labels_file={labels_file}", "preprocess.split=validate", "preprocess.samples_per_shard=2",
-                      "preprocess.batch_size=2")
+    cfg = tiny_config(
+        out,
+        root,
+        "preprocess.input_type=kinetics",
+        f"preprocess.annotations={ann}",
+        f"preprocess.labels_file={labels_file}",
+        "preprocess.split=validate",
+        "preprocess.samples_per_shard=2",
+        "preprocess.batch_size=2",
+    )
     summary = P.run(cfg)
     assert (summary.ok, summary.rejected, summary.skipped, summary.input_rejects) == (6, 1, 0, 1)
 
@@ -133,7 +158,9 @@ def test_kinetics_end_to_end_rerun_and_resume(ray_local, tmp_path, monkeypatch, 
     # the stored pyramid is exactly decode -> pixel codec -> decompose of the file
     smp = samples[dup_key]
     clip = decode_clip(smp.source_path, False, DecodeParams(9, 8.0, (32, 32), "decord"))
-    ref = decompose(load_autoencoder("pixel", pixel_patch=(1, 4, 4)).encode(frames_to_video(clip.frames[None])), [(1, 2, 2)])
+    ref = decompose(
+        load_autoencoder("pixel", pixel_patch=(1, 4, 4)).encode(frames_to_video(clip.frames[None])), [(1, 2, 2)]
+    )
     assert all(torch.equal(a, b[0]) for a, b in zip(smp.levels, ref)) and smp.frame_indices == clip.indices
 
     # a rerun over a complete output decodes nothing (no Ray Data job is even built)
@@ -145,10 +172,20 @@ def test_kinetics_end_to_end_rerun_and_resume(ray_local, tmp_path, monkeypatch, 
     monkeypatch.undo()
 
     # --strict: the dataset has rejects -> exit 1, with the final summary line still printed
-    args = ["--config", "configs/preprocess/tiny.yaml", "--strict"] + [a for kv in (
-        f"preprocess.input_dir={root}", f"preprocess.output_dir={out}", "preprocess.input_type=kinetics",
-        f"preprocess.annotations={ann}", f"preprocess.labels_file={labels_file}", "preprocess.split=validate",
-        "preprocess.progress=false", "preprocess.samples_per_shard=2") for a in ("--set", kv)]
+    args = ["--config", "configs/preprocess/tiny.yaml", "--strict"] + [
+        a
+        for kv in (
+            f"preprocess.input_dir={root}",
+            f"preprocess.output_dir={out}",
+            "preprocess.input_type=kinetics",
+            f"preprocess.annotations={ann}",
+            f"preprocess.labels_file={labels_file}",
+            "preprocess.split=validate",
+            "preprocess.progress=false",
+            "preprocess.samples_per_shard=2",
+        )
+        for a in ("--set", kv)
+    ]
     assert P.main(args) == 1
     captured = capsys.readouterr()
     assert "preprocess: 0 ok, 0 rejected, 7 skipped" in captured.out and "--strict: 2 clip(s) rejected" in captured.err
@@ -158,10 +195,24 @@ def test_kinetics_end_to_end_rerun_and_resume(ray_local, tmp_path, monkeypatch, 
     lost = S.list_shards(out)[0]
     lost_keys = set(S.read_keys(lost))
     lost.unlink()
-    cut_clip(source_videos()["bikes"], Path(samples[dup_key].source_path).parents[1] / MISSING_ROW[0] / f"{missing_key}.mp4", 0.5, 1.2)
-    resumed = P.run(tiny_config(out, root, "preprocess.input_type=kinetics", f"preprocess.annotations={ann}",
-                                f"preprocess.labels_file={labels_file}", "preprocess.split=validate",
-                                "preprocess.samples_per_shard=2", "preprocess.retry_rejects=true"))
+    cut_clip(
+        source_videos()["bikes"],
+        Path(samples[dup_key].source_path).parents[1] / MISSING_ROW[0] / f"{missing_key}.mp4",
+        0.5,
+        1.2,
+    )
+    resumed = P.run(
+        tiny_config(
+            out,
+            root,
+            "preprocess.input_type=kinetics",
+            f"preprocess.annotations={ann}",
+            f"preprocess.labels_file={labels_file}",
+            "preprocess.split=validate",
+            "preprocess.samples_per_shard=2",
+            "preprocess.retry_rejects=true",
+        )
+    )
     assert (resumed.ok, resumed.rejected, resumed.skipped) == (len(lost_keys) + 1, 0, 6 - len(lost_keys))
     keys = [s.key for s in _all_samples(out)]
     assert len(keys) == len(set(keys)) == 7 and set(keys) == set(expected) | {missing_key}
@@ -192,7 +243,9 @@ def test_images_become_single_frame_clips(ray_local, tmp_path) -> None:
     for label in ("n01440764", "n01443537"):
         (tmp_path / "imgs" / label).mkdir(parents=True)
         for i in range(2):
-            Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "imgs" / label / f"{i}.JPEG")
+            Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(
+                tmp_path / "imgs" / label / f"{i}.JPEG"
+            )
     (tmp_path / "imgs" / "n01443537" / "broken.png").write_bytes(b"\x89PNG truncated")
     summary = P.run(tiny_config(tmp_path / "out", tmp_path / "imgs", "preprocess.input_type=images"))
     assert (summary.ok, summary.rejected) == (4, 1)
@@ -206,8 +259,14 @@ def test_images_become_single_frame_clips(ray_local, tmp_path) -> None:
 def test_diffusers_vae_and_temporal_pyramid(ray_local, tmp_path) -> None:
     vae = save_tiny_vae("cogvideox", tmp_path / "vae")
     make_folder_clips(tmp_path / "videos", 3)
-    cfg = tiny_config(tmp_path / "out", tmp_path / "videos", "preprocess.autoencoder=cogvideox",
-                      f"preprocess.autoencoder_path={vae}", "dfm.factors=[[2,2,2]]", "dfm.temporal_mode=causal")
+    cfg = tiny_config(
+        tmp_path / "out",
+        tmp_path / "videos",
+        "preprocess.autoencoder=cogvideox",
+        f"preprocess.autoencoder_path={vae}",
+        "dfm.factors=[[2,2,2]]",
+        "dfm.temporal_mode=causal",
+    )
     summary = P.run(cfg)
     assert (summary.ok, summary.rejected) == (3, 0)
     info = S.DatasetInfo.load(tmp_path / "out")

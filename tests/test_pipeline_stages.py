@@ -9,16 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from data_pipeline import sources
-from data_pipeline.decode import ClipRejected, DecodeParams, decode_batch, decode_clip, resize_crop, sample_indices
-from data_pipeline.encode import EncodeSpec, EncodeStage, encode_levels, frames_to_video
-from data_pipeline.preprocess import check_resources, main, plan_levels, run
-from data_pipeline.writer import OutputDir, WriterSpec, write_batch
-from dfm_video.autoencoders import load_autoencoder
-from dfm_video.data import schema as S
-from dfm_video.dfm.pyramid import decompose
-from dfm_video.dfm.standardize import LevelMoments
 from pipeline_helpers import (
     KINETICS_ROWS,
     MISSING_ROW,
@@ -29,6 +19,16 @@ from pipeline_helpers import (
     tiny_config,
     write_raw_h264,
 )
+
+from data_pipeline import sources
+from data_pipeline.decode import ClipRejected, DecodeParams, decode_batch, decode_clip, resize_crop, sample_indices
+from data_pipeline.encode import EncodeSpec, EncodeStage, encode_levels, frames_to_video
+from data_pipeline.preprocess import check_resources, main, plan_levels, run
+from data_pipeline.writer import OutputDir, WriterSpec, write_batch
+from dfm_video.autoencoders import load_autoencoder
+from dfm_video.data import schema as S
+from dfm_video.dfm.pyramid import decompose
+from dfm_video.dfm.standardize import LevelMoments
 
 PARAMS = DecodeParams(num_frames=9, fps=8.0, resolution=(32, 32), decoder="decord")
 
@@ -56,8 +56,14 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_kinetics_keys_labels_and_duplicates(kinetics, tmp_path) -> None:
     ann, root, labels_file = kinetics
-    cfg = tiny_config(tmp_path / "out", root, "preprocess.input_type=kinetics", f"preprocess.annotations={ann}",
-                      f"preprocess.labels_file={labels_file}", "preprocess.split=validate").preprocess
+    cfg = tiny_config(
+        tmp_path / "out",
+        root,
+        "preprocess.input_type=kinetics",
+        f"preprocess.annotations={ann}",
+        f"preprocess.labels_file={labels_file}",
+        "preprocess.split=validate",
+    ).preprocess
     src = sources.build_sources(cfg)
     keys = [it.key for it in src.items]
     # a youtube id with two segments is two clips
@@ -75,8 +81,13 @@ def test_kinetics_keys_labels_and_duplicates(kinetics, tmp_path) -> None:
 def test_kinetics_without_labels_file_and_unlabelled_rows(tmp_path) -> None:
     ann = tmp_path / "test.csv"
     ann.write_text("label,youtube_id,time_start,time_end,split\n,abc,0,10,test\nx,def,1,11,test\n,ghi,zz,10,test\n")
-    cfg = tiny_config(tmp_path / "out", tmp_path, "preprocess.input_type=kinetics", f"preprocess.annotations={ann}",
-                      "preprocess.split=test").preprocess
+    cfg = tiny_config(
+        tmp_path / "out",
+        tmp_path,
+        "preprocess.input_type=kinetics",
+        f"preprocess.annotations={ann}",
+        "preprocess.split=test",
+    ).preprocess
     src = sources.build_sources(cfg)
     assert src.labels == ["x"]
     assert [(it.key, it.label, it.label_id, it.path) for it in src.items] == [
@@ -89,8 +100,12 @@ def test_kinetics_without_labels_file_and_unlabelled_rows(tmp_path) -> None:
 def test_csv_without_expected_columns_fails_naming_them(tmp_path) -> None:
     ann = tmp_path / "bad.csv"
     ann.write_text("label,youtube_id,start,end\nx,abc,0,10\n")
-    cfg = tiny_config(tmp_path / "out", tmp_path, "preprocess.input_type=kinetics", f"preprocess.annotations={ann}").preprocess
-    with pytest.raises(ValueError, match=r"bad.csv: annotation CSV lacks column\(s\) \['time_start', 'time_end', 'split'\]"):
+    cfg = tiny_config(
+        tmp_path / "out", tmp_path, "preprocess.input_type=kinetics", f"preprocess.annotations={ann}"
+    ).preprocess
+    with pytest.raises(
+        ValueError, match=r"bad.csv: annotation CSV lacks column\(s\) \['time_start', 'time_end', 'split'\]"
+    ):
         sources.build_sources(cfg)
 
 
@@ -98,8 +113,14 @@ def test_labels_file_must_cover_the_input(kinetics, tmp_path) -> None:
     ann, root, _ = kinetics
     small = tmp_path / "labels.txt"
     small.write_text("playing piano\n")
-    cfg = tiny_config(tmp_path / "out", root, "preprocess.input_type=kinetics", f"preprocess.annotations={ann}",
-                      f"preprocess.labels_file={small}", "preprocess.split=validate").preprocess
+    cfg = tiny_config(
+        tmp_path / "out",
+        root,
+        "preprocess.input_type=kinetics",
+        f"preprocess.annotations={ann}",
+        f"preprocess.labels_file={small}",
+        "preprocess.split=validate",
+    ).preprocess
     with pytest.raises(ValueError, match="lacks 4 label"):
         sources.build_sources(cfg)
     small.write_text("a\n\nb\n")
@@ -211,10 +232,13 @@ def _decoded_batch(n: int, bad: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
     batch = {
         "key": np.array([f"k{i}" for i in range(n)], dtype=object),
         "path": np.array([f"/p/{i}.mp4" for i in range(n)], dtype=object),
-        "label": np.array(["a"] * n, dtype=object), "label_id": np.zeros(n, np.int64),
-        "split": np.array(["train"] * n, dtype=object), "is_image": np.zeros(n, bool),
+        "label": np.array(["a"] * n, dtype=object),
+        "label_id": np.zeros(n, np.int64),
+        "split": np.array(["train"] * n, dtype=object),
+        "is_image": np.zeros(n, bool),
         "frames": rng.integers(0, 256, (n, 9, 32, 32, 3), dtype=np.uint8),
-        "frame_indices": np.tile(np.arange(9, dtype=np.int32), (n, 1)), "source_fps": np.full(n, 25.0, np.float32),
+        "frame_indices": np.tile(np.arange(9, dtype=np.int32), (n, 1)),
+        "source_fps": np.full(n, 25.0, np.float32),
         "decoder": np.array(["decord"] * n, dtype=object),
         "stage": np.array(["decode" if i in bad else "" for i in range(n)], dtype=object),
         "reason": np.array(["too short" if i in bad else "" for i in range(n)], dtype=object),
@@ -224,8 +248,16 @@ def _decoded_batch(n: int, bad: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
 
 
 def _spec(**kw) -> EncodeSpec:
-    base = dict(kind="pixel", path="", pixel_patch=(1, 4, 4), dtype="float32", use_gpu=False, factors=((1, 2, 2),),
-                temporal_mode="causal", level_shapes=((48, 9, 4, 4), (48, 9, 8, 8)))
+    base = dict(
+        kind="pixel",
+        path="",
+        pixel_patch=(1, 4, 4),
+        dtype="float32",
+        use_gpu=False,
+        factors=((1, 2, 2),),
+        temporal_mode="causal",
+        level_shapes=((48, 9, 4, 4), (48, 9, 8, 8)),
+    )
     return EncodeSpec(**{**base, **kw})
 
 
@@ -233,7 +265,9 @@ def test_encode_stage_on_a_hand_built_batch() -> None:
     batch = _decoded_batch(3, bad=(1,))
     out = EncodeStage(_spec())(batch)
     assert "frames" not in out and out["level_0"].shape == (3, 48, 9, 4, 4) and out["level_1"].shape == (3, 48, 9, 8, 8)
-    ref = decompose(load_autoencoder("pixel", pixel_patch=(1, 4, 4)).encode(frames_to_video(batch["frames"][[0, 2]])), [(1, 2, 2)])
+    ref = decompose(
+        load_autoencoder("pixel", pixel_patch=(1, 4, 4)).encode(frames_to_video(batch["frames"][[0, 2]])), [(1, 2, 2)]
+    )
     assert torch.equal(torch.from_numpy(out["level_0"][[0, 2]]), ref[0])
     assert torch.equal(torch.from_numpy(out["level_1"][[0, 2]]), ref[1])
     assert not out["level_0"][1].any() and list(out["reason"]) == ["", "too short", ""]
@@ -274,14 +308,20 @@ def test_write_batch_writes_a_shard_and_a_rejects_part(tmp_path) -> None:
     shards = S.list_shards(tmp_path)
     assert len(shards) == 1 and set(summary["shard"]) == {shards[0].name, ""}
     samples = S.read_shard(shards[0])
-    assert [s.key for s in samples] == ["k0", "k1", "k3"] and samples[0].fps == 8.0 and samples[0].frame_indices == list(range(9))
+    assert (
+        [s.key for s in samples] == ["k0", "k1", "k3"]
+        and samples[0].fps == 8.0
+        and samples[0].frame_indices == list(range(9))
+    )
     assert torch.equal(samples[2].levels[1], torch.from_numpy(encoded["level_1"][3]))
     direct = LevelMoments(2, 48)
     for smp in samples:
         direct.update(smp.levels)
     assert torch.allclose(S.read_shard_meta(shards[0]).level_moments().m2, direct.m2)
     rejects = S.read_rejects(tmp_path).to_pylist()
-    assert rejects == [{"key": "k2", "path": "/p/2.mp4", "stage": "decode", "reason": "too short", "detail": "x", "run_id": "run-1"}]
+    assert rejects == [
+        {"key": "k2", "path": "/p/2.mp4", "stage": "decode", "reason": "too short", "detail": "x", "run_id": "run-1"}
+    ]
     # Ray may retry a batch: the same keys give the same file names, so a retry overwrites, never adds
     write_batch(_writer_spec(tmp_path), encoded)
     assert S.list_shards(tmp_path) == shards and S.read_rejects(tmp_path).num_rows == 1
@@ -303,12 +343,19 @@ def test_output_dir_checks(tmp_path) -> None:
 def test_failures_before_any_work(kinetics, tmp_path, capsys) -> None:
     ann, root, _ = kinetics
     vae = save_tiny_vae("cogvideox", tmp_path / "vae")
-    cfg = tiny_config(tmp_path / "o", root, "preprocess.autoencoder=cogvideox", f"preprocess.autoencoder_path={vae}",
-                      "preprocess.num_frames=8")
+    cfg = tiny_config(
+        tmp_path / "o",
+        root,
+        "preprocess.autoencoder=cogvideox",
+        f"preprocess.autoencoder_path={vae}",
+        "preprocess.num_frames=8",
+    )
     with pytest.raises(ValueError, match=r"preprocess.num_frames=8 .* 1 \+ 4k frames \(e.g. 5 or 9\)"):
         plan_levels(cfg)
     cfg = tiny_config(tmp_path / "o", root, "dfm.factors=[[2,2,2]]", "dfm.temporal_mode=uniform")
-    with pytest.raises(ValueError, match=r"dfm.factors=\[\[2, 2, 2\]\] with dfm.temporal_mode='uniform' cannot decompose"):
+    with pytest.raises(
+        ValueError, match=r"dfm.factors=\[\[2, 2, 2\]\] with dfm.temporal_mode='uniform' cannot decompose"
+    ):
         plan_levels(cfg)
     cfg = tiny_config(tmp_path / "o", root, "preprocess.autoencoder=wan", "preprocess.autoencoder_path=Wan-AI/Wan2.1")
     with pytest.raises(ValueError, match="preprocess.autoencoder_path: .*hub ids are not accepted"):
@@ -317,27 +364,57 @@ def test_failures_before_any_work(kinetics, tmp_path, capsys) -> None:
         check_resources(tiny_config(tmp_path / "o", root, "preprocess.encode_gpus=1"), {"CPU": 2.0})
     # every stage counts: 2 actors x 1 GPU on a 1-GPU cluster; 4 decode tasks x 0.5 CPU + 1 actor x 0.5 CPU on 2 CPUs
     with pytest.raises(ValueError, match="= 2 GPUs but the Ray cluster has 1"):
-        check_resources(tiny_config(tmp_path / "o", root, "preprocess.encode_gpus=1", "preprocess.encode_actors=2"),
-                        {"CPU": 8.0, "GPU": 1.0})
-    with pytest.raises(ValueError, match=r"2.5 CPUs but the Ray cluster has 2 .*decode_concurrency x decode_cpus = 4 x 0.5"):
+        check_resources(
+            tiny_config(tmp_path / "o", root, "preprocess.encode_gpus=1", "preprocess.encode_actors=2"),
+            {"CPU": 8.0, "GPU": 1.0},
+        )
+    with pytest.raises(
+        ValueError, match=r"2.5 CPUs but the Ray cluster has 2 .*decode_concurrency x decode_cpus = 4 x 0.5"
+    ):
         check_resources(tiny_config(tmp_path / "o", root, "preprocess.decode_concurrency=4"), {"CPU": 2.0})
     with pytest.raises(ValueError, match="exceeds the cluster's 2.0 CPUs"):
         check_resources(tiny_config(tmp_path / "o", root, "preprocess.encode_actors=4"), {"CPU": 2.0})
     with pytest.raises(ValueError, match="largest node has 1"):  # one actor's GPUs must fit on one node
-        check_resources(tiny_config(tmp_path / "o", root, "preprocess.encode_gpus=2"), {"CPU": 8.0, "GPU": 2.0}, [1.0, 1.0])
-    check_resources(tiny_config(tmp_path / "o", root, "preprocess.layout=fused", "preprocess.encode_actors=4"), {"CPU": 2.0})
+        check_resources(
+            tiny_config(tmp_path / "o", root, "preprocess.encode_gpus=2"), {"CPU": 8.0, "GPU": 2.0}, [1.0, 1.0]
+        )
+    check_resources(
+        tiny_config(tmp_path / "o", root, "preprocess.layout=fused", "preprocess.encode_actors=4"), {"CPU": 2.0}
+    )
     with pytest.raises(ValueError, match=r"preprocess.output_dir='s3://bucket/x': object-store URLs are not supported"):
         run(tiny_config("s3://bucket/x", root))
     # CLI: a bad CSV or an unwritable output directory -> exit 2 with the problem named, nothing written
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("label,youtube_id\n")
-    args = ["--config", "configs/preprocess/tiny.yaml", "--set", f"preprocess.input_dir={root}", "--set", "preprocess.input_type=kinetics"]
-    assert main([*args, "--set", f"preprocess.annotations={bad_csv}", "--set", f"preprocess.output_dir={tmp_path / 'o1'}"]) == 2
+    args = [
+        "--config",
+        "configs/preprocess/tiny.yaml",
+        "--set",
+        f"preprocess.input_dir={root}",
+        "--set",
+        "preprocess.input_type=kinetics",
+    ]
+    assert (
+        main([*args, "--set", f"preprocess.annotations={bad_csv}", "--set", f"preprocess.output_dir={tmp_path / 'o1'}"])
+        == 2
+    )
     assert "bad.csv: annotation CSV lacks column(s)" in capsys.readouterr().err
     assert not (tmp_path / "o1").exists()
     (tmp_path / "f").write_text("")
-    assert main([*args, "--set", f"preprocess.annotations={ann}", "--set", "preprocess.split=validate",
-                 "--set", f"preprocess.output_dir={tmp_path / 'f' / 'o'}"]) == 2
+    assert (
+        main(
+            [
+                *args,
+                "--set",
+                f"preprocess.annotations={ann}",
+                "--set",
+                "preprocess.split=validate",
+                "--set",
+                f"preprocess.output_dir={tmp_path / 'f' / 'o'}",
+            ]
+        )
+        == 2
+    )
     assert "is not writable" in capsys.readouterr().err
 
 
@@ -351,7 +428,9 @@ def test_rerun_refuses_different_content_settings(clips, tmp_path) -> None:
         out.check_compatible(tiny_config(tmp_path / "o", clips, "preprocess.num_frames=17"), ["a", "b"], codec)
     with pytest.raises(ValueError, match="label ids would change"):
         out.check_compatible(cfg, ["a", "b", "c"], codec)
-    out.check_compatible(tiny_config(tmp_path / "o", clips, "preprocess.encode_actors=2"), ["a", "b"], codec)  # resources may change
+    out.check_compatible(
+        tiny_config(tmp_path / "o", clips, "preprocess.encode_actors=2"), ["a", "b"], codec
+    )  # resources may change
     out.close()
 
 

@@ -13,12 +13,12 @@ import av
 import pytest
 import torch
 from torch import nn
+from train_helpers import ROOT, cpu_env, deepspeed_cmd, run
 
 from dfm_video.config import load_config
 from dfm_video.dfm import level_shapes, recompose
 from dfm_video.models import build_model
 from dfm_video.sample import Generator, decode_latents, generate, load_generator, main, resolve_labels, write_outputs
-from train_helpers import ROOT, cpu_env, deepspeed_cmd, run
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,11 @@ def trained(tiny_shards, tmp_path_factory):
         "fm": ["dfm.num_stages=1", "dfm.factors=[]", "dfm.stage_probs=[1.0]", "sample.steps=[6]"],
     }.items():
         out = tmp_path_factory.mktemp(name)
-        r = run(deepspeed_cmd([f"data.shards={tiny_shards}", f"train.output_dir={out}", "train.steps=4", "train.ckpt_every=4", *extra]))
+        r = run(
+            deepspeed_cmd(
+                [f"data.shards={tiny_shards}", f"train.output_dir={out}", "train.steps=4", "train.ckpt_every=4", *extra]
+            )
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         runs[name] = out
     return runs
@@ -45,7 +49,25 @@ def _frames(path: Path) -> list:
 
 def test_samples_previews_and_sheet_are_written_and_decodable(trained, tmp_path):
     out = tmp_path / "s"
-    assert main(["--checkpoint", str(trained["dfm"]), "--out", str(out), "--num-samples", "2", "--steps", "4,2", "--cfg", "2.0", "--previews", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(trained["dfm"]),
+                "--out",
+                str(out),
+                "--num-samples",
+                "2",
+                "--steps",
+                "4,2",
+                "--cfg",
+                "2.0",
+                "--previews",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "samples.json").read_text())
     assert len(report["samples"]) == 2 and report["nfe"] == 12
     for p in report["samples"]:
@@ -69,7 +91,9 @@ def test_same_seed_same_output_and_export_equals_zero3_checkpoint(trained):
 
 
 def test_flow_matching_baseline_samples_through_the_same_command(trained, tmp_path):
-    assert main(["--checkpoint", str(trained["fm"]), "--out", str(tmp_path), "--num-samples", "1", "--no-progress"]) == 0
+    assert (
+        main(["--checkpoint", str(trained["fm"]), "--out", str(tmp_path), "--num-samples", "1", "--no-progress"]) == 0
+    )
     report = json.loads((tmp_path / "samples.json").read_text())
     assert report["steps"] == [6] and len(_frames(Path(report["samples"][0]))) == 9
 
@@ -91,7 +115,12 @@ def test_generation_wiring_against_a_known_answer():
     cfg = load_config(None, ["dfm.factors=[[2,2,2]]", "sample.steps=[5,3]"])
     shapes = level_shapes((5, 8, 8), cfg.dfm.factors, cfg.dfm.temporal_mode)
     stats = {"mean": [[0.5] * 2, [0.0] * 2], "std": [[2.0] * 2, [0.25] * 2]}
-    meta = {"labels": ["a", "b", "c"], "latent_shape": [2, 5, 8, 8], "stats": stats, "autoencoder": {"kind": "pixel", "temporal": 1, "spatial": [1, 1]}}
+    meta = {
+        "labels": ["a", "b", "c"],
+        "latent_shape": [2, 5, 8, 8],
+        "stats": stats,
+        "autoencoder": {"kind": "pixel", "temporal": 1, "spatial": [1, 1]},
+    }
     gen = Generator(model=_ConstantVelocity([1.0, -2.0]), cfg=cfg, meta=meta, source=Path("stub"))
     latents, previews = generate(gen, [0, 2], steps=[5, 3], tau=0.8, cfg_scale=3.0, seed=1, previews=True)
     g = torch.Generator().manual_seed(1)
@@ -104,8 +133,17 @@ def test_generation_wiring_against_a_known_answer():
 
 
 def test_image_models_write_png(tmp_path):
-    cfg = load_config(None, ["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "model.in_channels=3", "model.num_classes=2"])
-    meta = {"labels": ["x", "y"], "latent_shape": [3, 1, 8, 8], "stats": None, "fps": 8, "autoencoder": {"kind": "pixel", "temporal": 1, "spatial": [1, 1]}}
+    cfg = load_config(
+        None,
+        ["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "model.in_channels=3", "model.num_classes=2"],
+    )
+    meta = {
+        "labels": ["x", "y"],
+        "latent_shape": [3, 1, 8, 8],
+        "stats": None,
+        "fps": 8,
+        "autoencoder": {"kind": "pixel", "temporal": 1, "spatial": [1, 1]},
+    }
     gen = Generator(model=build_model(cfg.model, cfg.dfm), cfg=cfg, meta=meta, source=Path("random"))
     latents, _ = generate(gen, [0, 1], steps=[2, 2], tau=0.9)
     assert latents.shape == (2, 3, 1, 8, 8)
@@ -136,19 +174,36 @@ def test_bad_checkpoints_and_labels_give_clear_errors(trained, tmp_path, capsys)
 
 def test_make_demo_end_to_end_at_a_smaller_size(tmp_path):
     env = cpu_env()
-    env.update(DEMO_DIR=str(tmp_path / "demo"), DEMO_STEPS="20", DEMO_CLIPS_PER_SOURCE="3", DEMO_SAMPLES="2", DEMO_MASTER_PORT=str(29000 + os.getpid() % 1000),
-               DEMO_REPORT_SAMPLES="3", DEMO_FVD="0")
+    env.update(
+        DEMO_DIR=str(tmp_path / "demo"),
+        DEMO_STEPS="20",
+        DEMO_CLIPS_PER_SOURCE="3",
+        DEMO_SAMPLES="2",
+        DEMO_MASTER_PORT=str(29000 + os.getpid() % 1000),
+        DEMO_REPORT_SAMPLES="3",
+        DEMO_FVD="0",
+    )
     env["PYTHON"] = sys.executable
     cmd = ["bash", "scripts/demo.sh"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     demo = tmp_path / "demo"
     assert "demo finished" in r.stdout
-    assert len(list((demo / "samples").glob("*.mp4"))) == 2 and len(list((demo / "samples" / "previews").glob("*.mp4"))) == 2
+    assert (
+        len(list((demo / "samples").glob("*.mp4"))) == 2
+        and len(list((demo / "samples" / "previews").glob("*.mp4"))) == 2
+    )
     assert (demo / "train" / "export" / "model.safetensors").is_file()
     # the flow-matching baseline, the evidence sheet, loss curves and the summary numbers
-    assert (demo / "train_fm" / "export" / "model.safetensors").is_file() and len(list((demo / "samples_fm").glob("*.mp4"))) == 2
-    for png in (demo / "comparison.png", demo / "loss_curves.png", demo / "train" / "loss.png", demo / "train_fm" / "loss.png"):
+    assert (demo / "train_fm" / "export" / "model.safetensors").is_file() and len(
+        list((demo / "samples_fm").glob("*.mp4"))
+    ) == 2
+    for png in (
+        demo / "comparison.png",
+        demo / "loss_curves.png",
+        demo / "train" / "loss.png",
+        demo / "train_fm" / "loss.png",
+    ):
         assert png.is_file() and png.stat().st_size > 1000, png
     summary = json.loads((demo / "summary.json").read_text())
     for method in ("DFM", "FM"):

@@ -5,8 +5,8 @@ settings, labels (balanced or from a file), and exports that carry their autoenc
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +17,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from train_helpers import BIN, ROOT, cpu_env, free_port
 
 from dfm_video.autoencoders import autoencoder_info
 from dfm_video.config import load_config
@@ -24,15 +25,23 @@ from dfm_video.models import build_model
 from dfm_video.sample import main
 from dfm_video.sampling import plan
 from dfm_video.train.export import export_weights
-from train_helpers import BIN, ROOT, cpu_env, free_port
 
 NUM = 7  # not a multiple of 2 or 3 ranks, nor of the 3 classes
 
 
 def make_export(out: Path, seed: int = 0) -> Path:
     """A random-weight 1-block model on (12, 5, 8, 8) pixel-codec latents: 5 frames of 16x16."""
-    cfg = load_config(None, ["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "model.in_channels=12",
-                             "model.num_classes=3", "sample.steps=[3,2]"])
+    cfg = load_config(
+        None,
+        [
+            "model.depth=1",
+            "model.hidden_size=32",
+            "model.num_heads=2",
+            "model.in_channels=12",
+            "model.num_classes=3",
+            "sample.steps=[3,2]",
+        ],
+    )
     torch.manual_seed(seed)
     model = build_model(cfg.model, cfg.dfm)
     codec = dict(autoencoder_info("pixel", "", (1, 2, 2)), path="")
@@ -78,8 +87,15 @@ def _assert_same_samples(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_and_three_ranks_and_other_batch_sizes_give_the_same_files(export: Path, single: Path, tmp_path: Path) -> None:
-    assert _samples(single)[:4] == ["sample_000000_a.mp4", "sample_000001_b.mp4", "sample_000002_c.mp4", "sample_000003_a.mp4"]
+def test_two_and_three_ranks_and_other_batch_sizes_give_the_same_files(
+    export: Path, single: Path, tmp_path: Path
+) -> None:
+    assert _samples(single)[:4] == [
+        "sample_000000_a.mp4",
+        "sample_000001_b.mp4",
+        "sample_000002_c.mp4",
+        "sample_000003_a.mp4",
+    ]
     report = json.loads((single / "samples.json").read_text())
     assert (report["num_samples"], report["written"], report["frames"], report["size"]) == (NUM, NUM, 5, [16, 16])
     launches = {
@@ -100,11 +116,32 @@ def test_two_and_three_ranks_and_other_batch_sizes_give_the_same_files(export: P
 @pytest.mark.slow
 def test_without_a_launcher_ranks_come_from_the_environment(export: Path, single: Path, tmp_path: Path) -> None:
     out, port = tmp_path / "env", str(free_port())
-    cmd = [sys.executable, "-m", "dfm_video.sample", "--checkpoint", str(export), "--out", str(out),
-           "--num-samples", str(NUM), "--batch-size", "4"]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=dict(cpu_env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
-                                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dfm_video.sample",
+        "--checkpoint",
+        str(export),
+        "--out",
+        str(out),
+        "--num-samples",
+        str(NUM),
+        "--batch-size",
+        "4",
+    ]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=dict(
+                cpu_env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     assert "[rank 1/2] 3/3 samples" in results[1][1]  # rank 1 made the second global batch (indices 4..6)
@@ -115,7 +152,13 @@ def test_without_a_launcher_ranks_come_from_the_environment(export: Path, single
 def test_sigkill_then_rerun_finishes_with_nothing_twice(export: Path, single: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     args = ["--checkpoint", str(export), "--out", str(out), "--num-samples", str(NUM), "--batch-size", "1"]
-    proc = subprocess.Popen([sys.executable, "-m", "dfm_video.sample", *args], cwd=ROOT, env=cpu_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dfm_video.sample", *args],
+        cwd=ROOT,
+        env=cpu_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and (not out.is_dir() or len(_samples(out)) < 2):
         time.sleep(0.05)
@@ -134,7 +177,9 @@ def test_sigkill_then_rerun_finishes_with_nothing_twice(export: Path, single: Pa
     assert r.returncode == 0 and f"(0 written now, {NUM} existed" in r.stdout
 
 
-def test_a_folder_from_other_settings_or_weights_is_refused(export: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_folder_from_other_settings_or_weights_is_refused(
+    export: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "s"
     base = ["--checkpoint", str(export), "--out", str(out), "--num-samples", "2", "--no-progress"]
     assert main(base) == 0
@@ -181,12 +226,22 @@ def test_labels_balanced_or_from_a_file(tmp_path: Path, caplog: pytest.LogCaptur
 
 
 def test_exports_carry_their_autoencoder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from dfm_video.train.export import main as export_main
     from pipeline_helpers import save_tiny_vae
 
+    from dfm_video.train.export import main as export_main
+
     vae = save_tiny_vae("kl", tmp_path / "my-vae")  # image VAE: (4, 1, 8, 8) latents -> 16x16 PNGs
-    cfg = load_config(None, ["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "model.in_channels=4",
-                             "model.num_classes=2", "sample.steps=[2,2]"])
+    cfg = load_config(
+        None,
+        [
+            "model.depth=1",
+            "model.hidden_size=32",
+            "model.num_heads=2",
+            "model.in_channels=4",
+            "model.num_classes=2",
+            "sample.steps=[2,2]",
+        ],
+    )
     codec = dict(autoencoder_info("kl", vae), path=str(vae))
     meta = {"labels": ["x", "y"], "latent_shape": [4, 1, 8, 8], "stats": None, "fps": 8.0, "autoencoder": codec}
     plain = export_weights(build_model(cfg.model, cfg.dfm).state_dict(), cfg, meta, tmp_path / "plain", 3)
@@ -199,7 +254,9 @@ def test_exports_carry_their_autoencoder(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["--checkpoint", str(tmp_path / "full"), "--out", str(tmp_path / "a"), *args]) == 0  # the bundled copy
     assert sorted(p.name for p in (tmp_path / "a").glob("sample_*")) == ["sample_000000_x.png", "sample_000001_y.png"]
     assert main(["--checkpoint", str(plain), "--out", str(tmp_path / "b"), *args]) == 2
-    assert re.search(r"the path recorded at preprocessing '.*my-vae' is not usable.*--autoencoder-path", capsys.readouterr().err)
+    assert re.search(
+        r"the path recorded at preprocessing '.*my-vae' is not usable.*--autoencoder-path", capsys.readouterr().err
+    )
     # --autoencoder-path wins; it must be the same VAE (kind, folder name, config hash)
     same = moved.rename(tmp_path / "my-vae")
     assert main(["--checkpoint", str(plain), "--out", str(tmp_path / "b"), "--autoencoder-path", str(same), *args]) == 0
@@ -208,5 +265,7 @@ def test_exports_carry_their_autoencoder(tmp_path: Path, capsys: pytest.CaptureF
     other = save_tiny_vae("kl", tmp_path / "other" / "my-vae")
     cfg_json = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps(dict(cfg_json, scaling_factor=0.25)))
-    assert main(["--checkpoint", str(plain), "--out", str(tmp_path / "c"), "--autoencoder-path", str(other), *args]) == 2
+    assert (
+        main(["--checkpoint", str(plain), "--out", str(tmp_path / "c"), "--autoencoder-path", str(other), *args]) == 2
+    )
     assert "but the data was encoded with 'kl:my-vae:" in capsys.readouterr().err

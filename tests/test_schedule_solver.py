@@ -53,7 +53,10 @@ def test_activity_starts_with_each_phase():
 
 def _noise(B=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(B, 2, 1, 2, 2, generator=g, dtype=torch.float64), torch.randn(B, 2, 3, 4, 4, generator=g, dtype=torch.float64)]
+    return [
+        torch.randn(B, 2, 1, 2, 2, generator=g, dtype=torch.float64),
+        torch.randn(B, 2, 3, 4, 4, generator=g, dtype=torch.float64),
+    ]
 
 
 def test_constant_velocity_is_integrated_exactly_per_stage():
@@ -73,7 +76,10 @@ def test_oracle_velocity_lands_on_the_data_for_any_schedule(steps, tau):
     noise = [torch.randn_like(d) for d in data]
 
     def oracle(x, t, active, y):
-        return [(d - xs) / (1 - t[:, s].view(-1, 1, 1, 1, 1).double()).clamp_min(1e-12) for s, (d, xs) in enumerate(zip(data, x))]
+        return [
+            (d - xs) / (1 - t[:, s].view(-1, 1, 1, 1, 1).double()).clamp_min(1e-12)
+            for s, (d, xs) in enumerate(zip(data, x))
+        ]
 
     out = euler_sample(oracle, noise, sampling_schedule(steps, tau), torch.zeros(2, dtype=torch.long))
     for s in range(S):

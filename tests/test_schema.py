@@ -19,9 +19,17 @@ SHAPES = [[4, 3, 2, 2], [4, 3, 4, 4]]
 def _samples(n: int, seed: int = 0) -> list[S.Sample]:
     g = torch.Generator().manual_seed(seed)
     return [
-        S.Sample(key=f"clip_{seed}_{i}", label="playing piano" if i % 2 else "", label_id=3 if i % 2 else -1,
-                 split="validate", source_path=f"/data/{i}.mp4", fps=8.0, source_fps=25.0,
-                 frame_indices=[0, 3, 6], levels=[torch.randn(*s, generator=g) for s in SHAPES])
+        S.Sample(
+            key=f"clip_{seed}_{i}",
+            label="playing piano" if i % 2 else "",
+            label_id=3 if i % 2 else -1,
+            split="validate",
+            source_path=f"/data/{i}.mp4",
+            fps=8.0,
+            source_fps=25.0,
+            frame_indices=[0, 3, 6],
+            levels=[torch.randn(*s, generator=g) for s in SHAPES],
+        )
         for i in range(n)
     ]
 
@@ -30,8 +38,16 @@ def _meta(samples: list[S.Sample]) -> S.ShardMeta:
     m = LevelMoments(len(SHAPES), SHAPES[0][0])
     for smp in samples:
         m.update(smp.levels)
-    codec = {"id": "pixel:1x2x2", "kind": "pixel", "path": "", "latent_channels": 4, "temporal": 1,
-             "spatial": [2, 2], "causal": False, "scaling": {"offset": [0.0] * 4, "multiplier": [1.0] * 4}}
+    codec = {
+        "id": "pixel:1x2x2",
+        "kind": "pixel",
+        "path": "",
+        "latent_channels": 4,
+        "temporal": 1,
+        "spatial": [2, 2],
+        "causal": False,
+        "scaling": {"offset": [0.0] * 4, "multiplier": [1.0] * 4},
+    }
     return S.ShardMeta(len(samples), [[1, 2, 2]], "causal", SHAPES, codec, m.to_dict())
 
 
@@ -41,7 +57,13 @@ def test_shard_roundtrip_is_exact(tmp_path) -> None:
     back = S.read_shard(path)
     assert [s.key for s in back] == [s.key for s in samples]
     for a, b in zip(samples, back):
-        assert (a.label, a.label_id, a.split, a.source_path, a.frame_indices) == (b.label, b.label_id, b.split, b.source_path, b.frame_indices)
+        assert (a.label, a.label_id, a.split, a.source_path, a.frame_indices) == (
+            b.label,
+            b.label_id,
+            b.split,
+            b.source_path,
+            b.frame_indices,
+        )
         assert b.fps == 8.0 and b.source_fps == 25.0
         assert all(torch.equal(x, y) and y.dtype == torch.float32 for x, y in zip(a.levels, b.levels))
     assert pq.ParquetFile(path).num_row_groups == len(samples)  # one clip per row group (random reads pull one clip)
@@ -116,10 +138,21 @@ def _dataset(tmp_path) -> None:
     meta = _meta(samples)
     S.write_shard(tmp_path / S.SHARD_DIR / "shard-a.parquet", samples, meta)
     S.write_json_atomic(tmp_path / S.LABELS_FILE, {"schema_version": 1, "labels": ["a", "b"]})
-    S.write_json_atomic(tmp_path / S.STATS_FILE, {"schema_version": 1, "num_samples": 3, "moments": meta.moments, "stats": None})
-    S.write_json_atomic(tmp_path / S.MANIFEST_FILE, {
-        "schema_version": 1, "num_samples": 3, "shards": [{"name": "shard-a.parquet", "num_samples": 3}],
-        "level_shapes": SHAPES, "factors": [[1, 2, 2]], "temporal_mode": "causal", "autoencoder": meta.autoencoder})
+    S.write_json_atomic(
+        tmp_path / S.STATS_FILE, {"schema_version": 1, "num_samples": 3, "moments": meta.moments, "stats": None}
+    )
+    S.write_json_atomic(
+        tmp_path / S.MANIFEST_FILE,
+        {
+            "schema_version": 1,
+            "num_samples": 3,
+            "shards": [{"name": "shard-a.parquet", "num_samples": 3}],
+            "level_shapes": SHAPES,
+            "factors": [[1, 2, 2]],
+            "temporal_mode": "causal",
+            "autoencoder": meta.autoencoder,
+        },
+    )
 
 
 def test_dataset_info(tmp_path) -> None:

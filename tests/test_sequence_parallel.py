@@ -11,13 +11,13 @@ import subprocess
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import BIN, ROOT, cpu_env, deepspeed_cmd, free_port, read_metrics, run
 
 from dfm_video.config import load_config
 from dfm_video.dfm import level_shapes
 from dfm_video.models.patch import stage_patch_sizes, token_grid
 from dfm_video.parallel import check_sequence_parallel
 from dfm_video.parallel.setup import sequence_parallel_ds_config
-from train_helpers import BIN, ROOT, cpu_env, deepspeed_cmd, free_port, read_metrics, run
 
 # -- validation (no process group) ---------------------------------------------------------------
 
@@ -34,11 +34,26 @@ def test_valid_layouts_pass_and_n1_needs_nothing():
 @pytest.mark.parametrize(
     "overrides,world,shape,expected",
     [
-        (["distributed.sequence_parallel=3"], 6, (9, 8, 8), "must divide the attention heads: model 'DiT3D-S' has 4 heads"),
-        (["distributed.sequence_parallel=2"], 3, (9, 8, 8), "distributed.sequence_parallel=2 must divide the world size 3"),
+        (
+            ["distributed.sequence_parallel=3"],
+            6,
+            (9, 8, 8),
+            "must divide the attention heads: model 'DiT3D-S' has 4 heads",
+        ),
+        (
+            ["distributed.sequence_parallel=2"],
+            3,
+            (9, 8, 8),
+            "distributed.sequence_parallel=2 must divide the world size 3",
+        ),
         (["distributed.sequence_parallel=4"], 4, (3, 4, 6), "token grid (3, 2, 3) = 18 tokens (18 % 4 = 2)"),
         (["distributed.sequence_parallel=2"], 4, (5, 6, 6), "token grid (5, 3, 3) = 45 tokens (45 % 2 = 1)"),
-        (["distributed.sequence_parallel=2", "model.compile=true"], 2, (9, 8, 8), "model.compile=true is not supported"),
+        (
+            ["distributed.sequence_parallel=2", "model.compile=true"],
+            2,
+            (9, 8, 8),
+            "model.compile=true is not supported",
+        ),
     ],
 )
 def test_bad_layouts_name_the_values(overrides, world, shape, expected):
@@ -70,11 +85,18 @@ def test_long_clip_configs_load_and_validate():
     latent = (1 + (p.num_frames - 1) // 4, p.resolution[0] // 8, p.resolution[1] // 8)
     assert p.num_frames == 121 and tuple(p.resolution) == (512, 512) and latent == (31, 64, 64)
     assert p.autoencoder == "cogvideox" and p.num_frames / p.fps <= 10.0  # fits a 10 s Kinetics clip
-    assert [list(f) for f in pre.dfm.factors] == [list(f) for f in cfg.dfm.factors] and pre.dfm.temporal_mode == cfg.dfm.temporal_mode
+    assert [list(f) for f in pre.dfm.factors] == [
+        list(f) for f in cfg.dfm.factors
+    ] and pre.dfm.temporal_mode == cfg.dfm.temporal_mode
     assert any(f[0] == 2 for f in cfg.dfm.factors) and cfg.dfm.temporal_mode == "causal"  # steps in time too
     assert cfg.model.activation_checkpointing and cfg.distributed.sequence_parallel == 8
     assert level_shapes(latent, cfg.dfm.factors, cfg.dfm.temporal_mode) == [(16, 32, 32), (31, 64, 64)]
-    grids = {token_grid(s, p_, cfg.dfm.temporal_mode) for s, p_ in zip(level_shapes(latent, cfg.dfm.factors, "causal"), stage_patch_sizes(cfg.model.patch_size, cfg.dfm.factors))}
+    grids = {
+        token_grid(s, p_, cfg.dfm.temporal_mode)
+        for s, p_ in zip(
+            level_shapes(latent, cfg.dfm.factors, "causal"), stage_patch_sizes(cfg.model.patch_size, cfg.dfm.factors)
+        )
+    }
     assert grids == {(16, 32, 32)}
     assert check_sequence_parallel(cfg, 128, latent) == 8
     accum = cfg.distributed.global_batch_size // (cfg.distributed.micro_batch_size * 128 // 8)
@@ -88,7 +110,15 @@ def test_long_clip_configs_load_and_validate():
 @pytest.mark.parametrize("nproc,sizes", [(2, ["2"]), (4, ["2", "4"])])
 def test_split_model_equals_the_unsplit_model(nproc, sizes):
     # 4 ranks with N=2: two sequence groups on different batches (data parallel); N=4: one group
-    cmd = [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(free_port()), "tests/sp_equivalence_job.py", *sizes]
+    cmd = [
+        str(BIN / "torchrun"),
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(free_port()),
+        "tests/sp_equivalence_job.py",
+        *sizes,
+    ]
     r = subprocess.run(cmd, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     for n in sizes:
@@ -99,7 +129,14 @@ def test_split_model_equals_the_unsplit_model(nproc, sizes):
 
 
 def _train(shards, out, nproc: int, *extra: str, args=()):
-    o = [f"data.shards={shards}", f"train.output_dir={out}", "train.log_every=1", "train.steps=5", "train.ckpt_every=5", *extra]
+    o = [
+        f"data.shards={shards}",
+        f"train.output_dir={out}",
+        "train.log_every=1",
+        "train.steps=5",
+        "train.ckpt_every=5",
+        *extra,
+    ]
     return run(deepspeed_cmd(o, nproc=nproc, extra=list(args)))
 
 
@@ -130,7 +167,10 @@ def test_sequence_parallel_training_equals_the_unsplit_run(sp_runs, split, ref, 
         assert got[s]["perf/samples_per_s"] > 0
     losses = [want[s]["loss/total"] for s in want]
     assert len(set(losses)) == 5  # the runs do move: equal losses are not a constant
-    a, b = load_file(str(out / "export" / "model.safetensors")), load_file(str(ref_out / "export" / "model.safetensors"))
+    a, b = (
+        load_file(str(out / "export" / "model.safetensors")),
+        load_file(str(ref_out / "export" / "model.safetensors")),
+    )
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k

@@ -8,7 +8,9 @@ from dfm_video.dfm import LevelMoments, LevelStats, decompose, destandardize, st
 
 def _levels(seed: int, n: int = 3):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 4, 5, 8, 8, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5, 3.0]).view(1, 4, 1, 1, 1)
+    x = torch.randn(n, 4, 5, 8, 8, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5, 3.0]).view(
+        1, 4, 1, 1, 1
+    )
     return decompose(x + 0.7, [(2, 2, 2)])
 
 

@@ -52,7 +52,9 @@ def test_earlier_stages_are_drawn_independently():
 def test_single_stage_is_plain_flow_matching_and_per_batch_mode():
     ts = sample_timesteps(1000, TimestepParams((1.0,)), generator=torch.Generator().manual_seed(3))
     assert bool(ts.active.all()) and bool((ts.stage == 0).all())
-    pb = sample_timesteps(64, TimestepParams((0.5, 0.5), stage_sampling="per_batch"), generator=torch.Generator().manual_seed(4))
+    pb = sample_timesteps(
+        64, TimestepParams((0.5, 0.5), stage_sampling="per_batch"), generator=torch.Generator().manual_seed(4)
+    )
     assert pb.stage.unique().numel() == 1
 
 

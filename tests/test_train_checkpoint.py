@@ -27,13 +27,22 @@ from dfm_video.train.resume import plan_start
 from dfm_video.train.resume_guard import apply_optim_changes, compare_configs, record_config
 
 
-def _fake_ckpt(root: Path, step: int, cfg: dict | None = None, complete: bool = True, world: int = 2, stage: int = 2) -> Path:
+def _fake_ckpt(
+    root: Path, step: int, cfg: dict | None = None, complete: bool = True, world: int = 2, stage: int = 2
+) -> Path:
     """A checkpoint folder as save_checkpoint leaves it (DeepSpeed's files are not needed here)."""
     d = root / tag_for(step)
     d.mkdir(parents=True)
     save_file({"w": torch.full((3,), float(step))}, str(d / "ema.safetensors"))
-    meta = {"step": step, "samples_consumed": 6 * step, "world_size": world, "zero_stage": stage,
-            "config": cfg or {}, "dataset_meta": {"labels": []}, "data_fingerprint": "abc"}
+    meta = {
+        "step": step,
+        "samples_consumed": 6 * step,
+        "world_size": world,
+        "zero_stage": stage,
+        "config": cfg or {},
+        "dataset_meta": {"labels": []},
+        "data_fingerprint": "abc",
+    }
     (d / "meta.json").write_text(json.dumps(meta))
     if complete:
         (d / "COMPLETE").write_text(f"{step}\n")
@@ -114,9 +123,16 @@ def test_config_changes_are_sorted_into_refused_logged_and_allowed():
     old = config_to_dict(load_config(None, ["optim.lr=1e-4"]))
     same = compare_configs(old, old)
     assert same == []
-    harmless = config_to_dict(load_config(None, ["optim.lr=1e-4", "train.steps=9", "train.log_every=7", "distributed.micro_batch_size=2"]))
+    harmless = config_to_dict(
+        load_config(None, ["optim.lr=1e-4", "train.steps=9", "train.log_every=7", "distributed.micro_batch_size=2"])
+    )
     assert len(compare_configs(old, harmless)) == 3
-    bad = config_to_dict(load_config(None, ["optim.lr=1e-4", "model.depth=3", "train.seed=5", "distributed.global_batch_size=512", "data.shards=x"]))
+    bad = config_to_dict(
+        load_config(
+            None,
+            ["optim.lr=1e-4", "model.depth=3", "train.seed=5", "distributed.global_batch_size=512", "data.shards=x"],
+        )
+    )
     with pytest.raises(ValueError) as e:
         compare_configs(old, bad)
     for key in ("model.depth", "train.seed", "distributed.global_batch_size", "data.shards"):
@@ -174,10 +190,20 @@ def test_deepspeed_json_settings_and_overrides():
     cfg = load_config(None, ["distributed.zero_stage=2"])
     ds = build_deepspeed_config(cfg, 1)
     z = ds["zero_optimization"]
-    assert ds["data_types"] == {"grad_accum_dtype": "fp32"} and z["overlap_comm"] and z["reduce_bucket_size"] == z["allgather_bucket_size"]
+    assert (
+        ds["data_types"] == {"grad_accum_dtype": "fp32"}
+        and z["overlap_comm"]
+        and z["reduce_bucket_size"] == z["allgather_bucket_size"]
+    )
     z3 = build_deepspeed_config(load_config(None, ["distributed.zero_stage=3"]), 1)["zero_optimization"]
     assert z3["overlap_comm"] and "stage3_prefetch_bucket_size" in z3 and "allgather_bucket_size" not in z3
-    over = load_config(None, ["distributed.deepspeed_overrides={zero_optimization: {reduce_bucket_size: 1000}, tensorboard: {enabled: true}}"])
+    over = load_config(
+        None,
+        [
+            "distributed.deepspeed_overrides={zero_optimization: {reduce_bucket_size: 1000}, "
+            "tensorboard: {enabled: true}}"
+        ],
+    )
     merged = build_deepspeed_config(over, 1)
     assert merged["zero_optimization"]["reduce_bucket_size"] == 1000 and merged["zero_optimization"]["overlap_comm"]
     assert merged["tensorboard"] == {"enabled": True}

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from safetensors import safe_open
-
+from safetensors.torch import load_file
 from train_helpers import BIN, ROOT, cpu_env, deepspeed_cmd, free_port, read_metrics, run
 
 pytestmark = pytest.mark.slow
@@ -42,7 +40,10 @@ def reference_runs(tiny_shards, tmp_path_factory):
     runs = {}
     for stage in (2, 3):
         out = tmp_path_factory.mktemp(f"ref-zero{stage}")
-        r = run(deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF)), env={"DFM_TEST_DUMP_STATE": str(out / "dump")})
+        r = run(
+            deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF)),
+            env={"DFM_TEST_DUMP_STATE": str(out / "dump")},
+        )
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         runs[stage] = out
     return runs
@@ -56,7 +57,16 @@ def test_zero_training_loss_falls_and_exports(reference_runs, stage):
     first = sum(m[s]["loss/total"] for s in range(1, 5)) / 4
     last = sum(m[s]["loss/total"] for s in range(21, 25)) / 4
     assert last < 0.85 * first, (first, last)
-    for key in ("grad_norm", "lr", "perf/samples_per_s", "perf/tokens_per_s", "time/data_wait(%)", "perf/mfu(%)", "mem/peak_gib", "loss/stage1"):
+    for key in (
+        "grad_norm",
+        "lr",
+        "perf/samples_per_s",
+        "perf/tokens_per_s",
+        "time/data_wait(%)",
+        "perf/mfu(%)",
+        "mem/peak_gib",
+        "loss/stage1",
+    ):
         assert key in m[24] and math.isfinite(m[24][key])
     assert (out / "tensorboard").is_dir() and any((out / "tensorboard").iterdir())
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir())
@@ -86,7 +96,9 @@ def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(reference_ru
     out = tmp_path / "run"
     cmd = deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF))
     env = {**cpu_env(), "DFM_TEST_SAVE_PAUSE": "16:60"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 400
     torn = out / "checkpoints" / "step_00000016.partial"
     while not (torn / "ema.safetensors").exists() and proc.poll() is None and time.time() < deadline:
@@ -96,7 +108,9 @@ def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(reference_ru
     assert (torn / "ema.safetensors").exists(), "the run never reached the save of step 16"
     assert not (out / "checkpoints" / "step_00000016").exists()
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000008"
-    r = run(deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF), extra=["--resume", "auto"]))
+    r = run(
+        deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF), extra=["--resume", "auto"])
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resumed from {out / 'checkpoints' / 'step_00000008'} at step 8" in r.stdout
     assert not torn.exists()  # the torn save was cleared by the next one
@@ -118,16 +132,32 @@ def test_resume_on_another_world_size(reference_runs, tiny_shards, tmp_path, sta
     out = tmp_path / "resumed"
     micro = 3 if nproc == 1 else 2
     cmd = deepspeed_cmd(
-        _overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF, "train.steps=18", f"distributed.micro_batch_size={micro}"),
-        nproc=nproc, extra=["--resume", str(ref / "checkpoints" / "step_00000016")],
+        _overrides(
+            tiny_shards,
+            out,
+            f"distributed.zero_stage={stage}",
+            *REF,
+            "train.steps=18",
+            f"distributed.micro_batch_size={micro}",
+        ),
+        nproc=nproc,
+        extra=["--resume", str(ref / "checkpoints" / "step_00000016")],
     )
     r = run(cmd, env={"DFM_TEST_DUMP_STATE": str(out / "dump")})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "to a universal checkpoint" in r.stdout and "at step 16" in r.stdout
     assert not (out / "checkpoints" / ".universal").exists()
-    # after loading: fp32 master weights, Adam moments and EMA (by name, consolidated) and LR equal the saved ones exactly
-    saved, loaded = _tensors(ref / "dump" / "saved_00000016.safetensors"), _tensors(out / "dump" / "resumed_00000016.safetensors")
-    assert saved.keys() == loaded.keys() and any(k.startswith("exp_avg_sq/") for k in saved) and any(k.startswith("ema/") for k in saved)
+    # after loading: fp32 master weights, Adam moments and EMA (by name, consolidated) and LR equal
+    # the saved ones exactly
+    saved, loaded = (
+        _tensors(ref / "dump" / "saved_00000016.safetensors"),
+        _tensors(out / "dump" / "resumed_00000016.safetensors"),
+    )
+    assert (
+        saved.keys() == loaded.keys()
+        and any(k.startswith("exp_avg_sq/") for k in saved)
+        and any(k.startswith("ema/") for k in saved)
+    )
     for k in saved:
         assert torch.equal(saved[k], loaded[k]), k
     lr = lambda p: json.loads(p.read_text())["lr"]  # noqa: E731
@@ -161,8 +191,13 @@ def test_flow_matching_baseline_trains_in_the_same_trainer(tiny_shards, tmp_path
     r = run(
         deepspeed_cmd(
             _overrides(
-                tiny_shards, out, "dfm.num_stages=1", "dfm.factors=[]", "dfm.stage_probs=[1.0]",
-                "sample.steps=[8]", "train.steps=6",
+                tiny_shards,
+                out,
+                "dfm.num_stages=1",
+                "dfm.factors=[]",
+                "dfm.stage_probs=[1.0]",
+                "sample.steps=[8]",
+                "train.steps=6",
             )
         )
     )
@@ -196,7 +231,14 @@ def test_non_finite_loss_and_gradient_steps_are_skipped(tiny_shards, tmp_path, s
     out = tmp_path / "nan"
     r = run(
         deepspeed_cmd(
-            _overrides(tiny_shards, out, f"distributed.zero_stage={stage}", "train.steps=5", "train.ckpt_every=1", "train.keep_last=9"),
+            _overrides(
+                tiny_shards,
+                out,
+                f"distributed.zero_stage={stage}",
+                "train.steps=5",
+                "train.ckpt_every=1",
+                "train.keep_last=9",
+            ),
             extra=["--fail-at-step", "2", "--fail-grad-at-step", "4"],
         ),
         env={"DFM_TEST_DUMP_STATE": str(out / "dump")},
@@ -204,7 +246,11 @@ def test_non_finite_loss_and_gradient_steps_are_skipped(tiny_shards, tmp_path, s
     assert r.returncode == 0, r.stderr[-3000:]
     assert "non-finite loss at step 2" in r.stderr and "non-finite gradients at step 4" in r.stderr
     m = read_metrics(out)
-    assert m[5]["train/nonfinite_skipped"] == 2.0 and math.isfinite(m[4]["loss/total"]) and math.isfinite(m[5]["loss/total"])
+    assert (
+        m[5]["train/nonfinite_skipped"] == 2.0
+        and math.isfinite(m[4]["loss/total"])
+        and math.isfinite(m[5]["loss/total"])
+    )
     dumps = {s: _tensors(out / "dump" / f"saved_{s:08d}.safetensors") for s in range(1, 6)}
     lrs = {s: json.loads((out / "dump" / f"saved_{s:08d}.json").read_text())["lr"] for s in range(1, 6)}
     for before, skipped in ((1, 2), (3, 4)):  # weights, moments, EMA and LR schedule all stand still
@@ -219,7 +265,12 @@ def test_non_finite_loss_and_gradient_steps_are_skipped(tiny_shards, tmp_path, s
 
 def test_consecutive_non_finite_steps_stop_the_run_naming_the_step(tiny_shards, tmp_path):
     out = tmp_path / "nan3"
-    r = run(deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=8", "train.max_nonfinite=3"), extra=["--fail-at-step", "4", "--fail-times", "3"]))
+    r = run(
+        deepspeed_cmd(
+            _overrides(tiny_shards, out, "train.steps=8", "train.max_nonfinite=3"),
+            extra=["--fail-at-step", "4", "--fail-times", "3"],
+        )
+    )
     assert r.returncode == 3
     assert "stopping at step 6: 3 consecutive skipped steps" in r.stderr
 
@@ -230,13 +281,26 @@ def test_two_torchrun_nodes_train_together(tiny_shards, tmp_path):
     procs = []
     for node in range(2):
         cmd = [
-            str(BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
-            "--master_addr", "127.0.0.1", "--master_port", str(port),
-            "dfm_video/train.py", "--config", "tiny.yaml",
+            str(BIN / "torchrun"),
+            "--nnodes",
+            "2",
+            "--node_rank",
+            str(node),
+            "--nproc_per_node",
+            "1",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            "dfm_video/train.py",
+            "--config",
+            "tiny.yaml",
         ]
         for o in _overrides(tiny_shards, out, "train.steps=4"):
             cmd += ["--set", o]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     m = read_metrics(out)
@@ -250,15 +314,22 @@ def test_resume_guards_refuse_corrupting_changes_and_apply_allowed_ones(referenc
     # a fresh run into a used folder, and corrupting changes: refused before any process group, nothing written
     r = run(deepspeed_cmd(_overrides(tiny_shards, ref, *REF), nproc=1, extra=["--resume", "none"]))
     assert r.returncode == 2 and "already holds a run" in r.stderr and "--overwrite" in r.stderr
-    r = run(deepspeed_cmd(_overrides(tiny_shards, ref, *REF, "train.seed=1", "model.depth=3", "optim.lr=5e-4"), nproc=1))
+    r = run(
+        deepspeed_cmd(_overrides(tiny_shards, ref, *REF, "train.seed=1", "model.depth=3", "optim.lr=5e-4"), nproc=1)
+    )
     assert r.returncode == 2
-    for line in ("train.seed: 0 -> 1", "model.depth: 2 -> 3", "optim.lr: 0.001 -> 0.0005 (deliberate: pass --allow-change optim.lr"):
+    for line in (
+        "train.seed: 0 -> 1",
+        "model.depth: 2 -> 3",
+        "optim.lr: 0.001 -> 0.0005 (deliberate: pass --allow-change optim.lr",
+    ):
         assert line in r.stderr, r.stderr[-2000:]
     assert sorted(p.name for p in ref.rglob("*")) == before
     # a deliberate change with its flag takes effect: the LR after warm-up is the new one
     out = tmp_path / "lr"
     cmd = deepspeed_cmd(
-        _overrides(tiny_shards, out, *REF, "train.steps=17", "optim.lr=5e-4"), nproc=1,
+        _overrides(tiny_shards, out, *REF, "train.steps=17", "optim.lr=5e-4"),
+        nproc=1,
         extra=["--resume", str(ref / "checkpoints" / "step_00000016"), "--allow-change", "optim.lr"],
     )
     r = run(cmd)
@@ -272,8 +343,18 @@ def test_resume_guards_refuse_corrupting_changes_and_apply_allowed_ones(referenc
 def test_sigterm_and_wall_clock_cadence_checkpoint(tiny_shards, tmp_path):
     # ckpt_every is out of reach: every checkpoint comes from the wall-clock cadence or the SIGTERM.
     out = tmp_path / "term"
-    cmd = deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=100000", "train.ckpt_every=100000", "train.ckpt_every_minutes=0.01"))
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    cmd = deepspeed_cmd(
+        _overrides(tiny_shards, out, "train.steps=100000", "train.ckpt_every=100000", "train.ckpt_every_minutes=0.01")
+    )
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=cpu_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     latest = out / "checkpoints" / "latest"
     deadline = time.time() + 300
     while not latest.exists() and proc.poll() is None and time.time() < deadline:
@@ -283,7 +364,10 @@ def test_sigterm_and_wall_clock_cadence_checkpoint(tiny_shards, tmp_path):
     log = proc.communicate(timeout=120)[0]
     last = max(read_metrics(out))
     assert f"SIGTERM: saved checkpoint at step {last}" in log, log[-3000:]
-    assert latest.read_text().strip() == f"step_{last:08d}" and (out / "checkpoints" / f"step_{last:08d}" / "COMPLETE").is_file()
+    assert (
+        latest.read_text().strip() == f"step_{last:08d}"
+        and (out / "checkpoints" / f"step_{last:08d}" / "COMPLETE").is_file()
+    )
 
 
 def test_a_run_folder_not_shared_by_all_nodes_is_refused(tiny_shards, tmp_path):
@@ -292,12 +376,26 @@ def test_a_run_folder_not_shared_by_all_nodes_is_refused(tiny_shards, tmp_path):
     procs = []
     for node in range(2):
         cmd = [
-            str(BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
-            "--master_addr", "127.0.0.1", "--master_port", str(port), "dfm_video/train.py", "--config", "tiny.yaml",
+            str(BIN / "torchrun"),
+            "--nnodes",
+            "2",
+            "--node_rank",
+            str(node),
+            "--nproc_per_node",
+            "1",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            "dfm_video/train.py",
+            "--config",
+            "tiny.yaml",
         ]
         for o in _overrides(tiny_shards, tmp_path / f"node{node}", "train.steps=2"):
             cmd += ["--set", o]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode != 0 for p in procs)
     assert "is not the same folder on every rank" in outs[0][1] + outs[1][1], outs[1][1][-2000:]

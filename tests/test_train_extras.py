@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from train_helpers import BIN, free_port, run
 
 from dfm_video.config import load_config
 from dfm_video.train.extras import check_extras
 from dfm_video.train.plots import plot_losses, read_series
-from train_helpers import BIN, free_port, run
 
 
 def test_loss_plot_reads_metrics_and_draws_every_series(tmp_path):
@@ -33,7 +33,9 @@ def test_loss_plot_reads_metrics_and_draws_every_series(tmp_path):
     for colour in ((31, 119, 180), (214, 39, 40)):
         assert (np.abs(img.astype(int) - colour).sum(axis=2) == 0).sum() > 50, colour
     fm = tmp_path / "fm.jsonl"  # one stage: loss/stage1 == loss/total is drawn once
-    fm.write_text("".join(json.dumps({"step": s, "loss/total": 1.0 / s, "loss/stage1": 1.0 / s}) + "\n" for s in (1, 2)))
+    fm.write_text(
+        "".join(json.dumps({"step": s, "loss/total": 1.0 / s, "loss/stage1": 1.0 / s}) + "\n" for s in (1, 2))
+    )
     img = np.asarray(Image.open(plot_losses({"fm": fm}, tmp_path / "fm.png")).convert("RGB"))
     assert (np.abs(img.astype(int) - (31, 119, 180)).sum(axis=2) == 0).sum() > 50
     assert (np.abs(img.astype(int) - (214, 39, 40)).sum(axis=2) == 0).sum() == 0
@@ -50,13 +52,18 @@ def test_extras_config_errors_name_the_key():
     check_extras(load_config(None, ["train.sample_every=10"]))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed: the missing-package error cannot occur")
+@pytest.mark.skipif(
+    importlib.util.find_spec("wandb") is not None, reason="wandb is installed: the missing-package error cannot occur"
+)
 def test_wandb_without_the_package_is_a_config_error():
     with pytest.raises(ValueError, match=r"train.wandb=true but the wandb package is not installed"):
         check_extras(load_config(None, ["train.wandb=true"]), "cfg.yaml")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb not installed (optional extra: pip install 'dfm-video[wandb]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("wandb") is None,
+    reason="wandb not installed (optional extra: pip install 'dfm-video[wandb]')",
+)
 def test_wandb_offline_logs_the_same_metric_names(tmp_path):
     from dfm_video.train.wandb_logger import WandbLogger
 
@@ -78,10 +85,28 @@ def _frames(path):
 @pytest.mark.slow
 def test_zero3_in_training_samples_quiet_console_and_loss_png(tiny_shards, tmp_path):
     out = tmp_path / "run"
-    cmd = [str(BIN / "deepspeed"), "--log_level", "error", "--num_gpus", "2", "--master_port", str(free_port()),
-           "dfm_video/train.py", "--config", "tiny.yaml"]
-    for o in (f"data.shards={tiny_shards}", f"train.output_dir={out}", "distributed.zero_stage=3", "train.steps=8",
-              "train.log_every=4", "train.ckpt_every=8", "train.sample_every=4", "train.sample_count=2"):
+    cmd = [
+        str(BIN / "deepspeed"),
+        "--log_level",
+        "error",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "dfm_video/train.py",
+        "--config",
+        "tiny.yaml",
+    ]
+    for o in (
+        f"data.shards={tiny_shards}",
+        f"train.output_dir={out}",
+        "distributed.zero_stage=3",
+        "train.steps=8",
+        "train.log_every=4",
+        "train.ckpt_every=8",
+        "train.sample_every=4",
+        "train.sample_count=2",
+    ):
         cmd += ["--set", o]
     r = run(cmd)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -104,8 +129,12 @@ def test_zero3_in_training_samples_quiet_console_and_loss_png(tiny_shards, tmp_p
 
     gen = load_generator(out / "export")
     sc = gen.cfg.sample
-    ref = decode_latents(gen, generate(gen, [0, 1], steps=list(sc.steps), tau=sc.tau, cfg_scale=sc.cfg_scale, seed=sc.seed)[0])
-    other = decode_latents(gen, generate(gen, [0, 1], steps=list(sc.steps), tau=sc.tau, cfg_scale=sc.cfg_scale, seed=sc.seed + 1)[0])
+    ref = decode_latents(
+        gen, generate(gen, [0, 1], steps=list(sc.steps), tau=sc.tau, cfg_scale=sc.cfg_scale, seed=sc.seed)[0]
+    )
+    other = decode_latents(
+        gen, generate(gen, [0, 1], steps=list(sc.steps), tau=sc.tau, cfg_scale=sc.cfg_scale, seed=sc.seed + 1)[0]
+    )
     written = sorted((out / "samples" / "step_00000008").glob("*.mp4"))
     luma = np.array([0.299, 0.587, 0.114])
     for i, path in enumerate(written):
@@ -113,4 +142,7 @@ def test_zero3_in_training_samples_quiet_console_and_loss_png(tiny_shards, tmp_p
         same = np.abs(got - to_uint8(ref[i]).astype(float) @ luma).mean()
         diff = np.abs(got - to_uint8(other[i]).astype(float) @ luma).mean()
         assert same < 4.0 and diff > 3 * same, (same, diff)
-    assert not torch.equal(torch.from_numpy(_frames(written[0])), torch.from_numpy(_frames(out / "samples" / "step_00000004" / written[0].name)))
+    assert not torch.equal(
+        torch.from_numpy(_frames(written[0])),
+        torch.from_numpy(_frames(out / "samples" / "step_00000004" / written[0].name)),
+    )

@@ -12,32 +12,59 @@ from pathlib import Path
 import av
 import pytest
 import torch
+from image_helpers import PHOTOS, make_photo_folder
 from PIL import Image
+from train_helpers import ROOT, cpu_env, deepspeed_cmd, read_metrics, run
 
 from dfm_video import sample as sample_cli
 from dfm_video.eval.dinov2 import DinoV2Config, DinoVisionTransformer
-from image_helpers import PHOTOS, make_photo_folder
-from train_helpers import ROOT, cpu_env, deepspeed_cmd, read_metrics, run
 
 pytestmark = pytest.mark.slow
 
 # configs/imagenet512.yaml (the paper's image setting) shrunk to this machine: the model and batch only
-TINY_XL = ["model.depth=2", "model.hidden_size=64", "model.num_heads=4", "model.num_classes=2", "model.attention=sdpa",
-           "model.kernels=torch", "data.num_workers=0", "distributed.precision=fp32", "distributed.micro_batch_size=2",
-           "distributed.global_batch_size=4", "distributed.backend=gloo", "optim.warmup_steps=2", "train.log_every=1",
-           "train.peak_tflops=1.0", "train.ema_decay=0.9", "sample.steps=[3,2]"]
+TINY_XL = [
+    "model.depth=2",
+    "model.hidden_size=64",
+    "model.num_heads=4",
+    "model.num_classes=2",
+    "model.attention=sdpa",
+    "model.kernels=torch",
+    "data.num_workers=0",
+    "distributed.precision=fp32",
+    "distributed.micro_batch_size=2",
+    "distributed.global_batch_size=4",
+    "distributed.backend=gloo",
+    "optim.warmup_steps=2",
+    "train.log_every=1",
+    "train.peak_tflops=1.0",
+    "train.ema_decay=0.9",
+    "sample.steps=[3,2]",
+]
 
 
 def _cli(module: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=cpu_env(), capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=cpu_env(), capture_output=True, text=True
+    )
 
 
 def test_photos_train_sample_and_evaluate_end_to_end(image_shards, tmp_path: Path) -> None:
     rejects = json.loads((image_shards["kl"] / "manifest.json").read_text())["rejects_by_reason"]
     assert rejects == {"decode: unreadable": 1}  # broken.png, rejected with its reason; the 8 photos kept
     out = tmp_path / "run"
-    r = run(deepspeed_cmd([f"data.shards={image_shards['kl']}", f"train.output_dir={out}", "train.steps=4", "train.ckpt_every=4",
-                           "dfm.standardize=null", *TINY_XL], config="imagenet512.yaml"))
+    r = run(
+        deepspeed_cmd(
+            [
+                f"data.shards={image_shards['kl']}",
+                f"train.output_dir={out}",
+                "train.steps=4",
+                "train.ckpt_every=4",
+                "dfm.standardize=null",
+                *TINY_XL,
+            ],
+            config="imagenet512.yaml",
+        )
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "dfm.standardize=false" in r.stdout and "(default for image (T = 1) data)" in r.stdout
     m = read_metrics(out)
@@ -48,7 +75,18 @@ def test_photos_train_sample_and_evaluate_end_to_end(image_shards, tmp_path: Pat
     assert "standardize: false" in (out / "export" / "config.yaml").read_text()
 
     samples = tmp_path / "samples"
-    r = _cli("dfm_video.sample", "--checkpoint", out, "--out", samples, "--num-samples", 4, "--no-progress", "--device", "cpu")
+    r = _cli(
+        "dfm_video.sample",
+        "--checkpoint",
+        out,
+        "--out",
+        samples,
+        "--num-samples",
+        4,
+        "--no-progress",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     pngs = sorted(samples.glob("sample_*.png"))
     assert [p.name.split("_", 2)[2] for p in pngs] == ["object.png", "scene.png", "object.png", "scene.png"]
@@ -60,8 +98,25 @@ def test_photos_train_sample_and_evaluate_end_to_end(image_shards, tmp_path: Pat
     torch.manual_seed(0)
     torch.save(DinoVisionTransformer(DinoV2Config(embed_dim=64, depth=1, patch_size=14, pos_grid=4)).state_dict(), dino)
     report = tmp_path / "report.json"
-    r = _cli("dfm_video.evaluate", "--real", real, "--fake", samples, "--metrics", "fid,fdd", "--frames", 1,
-             "--dinov2-weights", dino, "--frechet", "eigh", "--device", "cpu", "--out", report)
+    r = _cli(
+        "dfm_video.evaluate",
+        "--real",
+        real,
+        "--fake",
+        samples,
+        "--metrics",
+        "fid,fdd",
+        "--frames",
+        1,
+        "--dinov2-weights",
+        dino,
+        "--frechet",
+        "eigh",
+        "--device",
+        "cpu",
+        "--out",
+        report,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads(report.read_text())
     assert set(rep["metrics"]) == {"fid", "fdd"} and all(v > 0 for v in rep["metrics"].values())
@@ -72,16 +127,27 @@ def test_photos_train_sample_and_evaluate_end_to_end(image_shards, tmp_path: Pat
 
 
 def _mix_overrides(tiny_shards: Path, images: Path, out: Path, *extra: str) -> list[str]:
-    return ["data.shards=", f"data.mix=[{{shards: '{tiny_shards}', weight: 0.75}}, {{shards: '{images}', weight: 0.25}}]",
-            f"train.output_dir={out}", "train.log_every=1", "model.patch_size=[2,2,2]", "dfm.factors=[[2,2,2]]",
-            "dfm.standardize=false", "model.num_classes=12", "sample.steps=[3,2]", *extra]
+    return [
+        "data.shards=",
+        f"data.mix=[{{shards: '{tiny_shards}', weight: 0.75}}, {{shards: '{images}', weight: 0.25}}]",
+        f"train.output_dir={out}",
+        "train.log_every=1",
+        "model.patch_size=[2,2,2]",
+        "dfm.factors=[[2,2,2]]",
+        "dfm.standardize=false",
+        "model.num_classes=12",
+        "sample.steps=[3,2]",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
 def mix_run(tiny_shards, image_shards, tmp_path_factory) -> Path:
     """6 uninterrupted steps on 2 ranks mixing the video shards (3/4) and the photos (1/4), checkpoints at 3 and 6."""
     out = tmp_path_factory.mktemp("mix") / "run"
-    r = run(deepspeed_cmd(_mix_overrides(tiny_shards, image_shards["pixel"], out, "train.steps=6", "train.ckpt_every=3")))
+    r = run(
+        deepspeed_cmd(_mix_overrides(tiny_shards, image_shards["pixel"], out, "train.steps=6", "train.ckpt_every=3"))
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "data: mixing 2 datasets per micro-batch" in r.stdout
     return out
@@ -90,8 +156,12 @@ def mix_run(tiny_shards, image_shards, tmp_path_factory) -> Path:
 def test_a_mixed_run_resumes_bit_exact(mix_run, tiny_shards, image_shards, tmp_path: Path) -> None:
     out = tmp_path / "resumed"
     ckpt = mix_run / "checkpoints" / "step_00000003"
-    r = run(deepspeed_cmd(_mix_overrides(tiny_shards, image_shards["pixel"], out, "train.steps=6", "train.ckpt_every=3"),
-                          extra=["--resume", str(ckpt)]))
+    r = run(
+        deepspeed_cmd(
+            _mix_overrides(tiny_shards, image_shards["pixel"], out, "train.steps=6", "train.ckpt_every=3"),
+            extra=["--resume", str(ckpt)],
+        )
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout
     got, ref = read_metrics(out), read_metrics(mix_run)

@@ -25,7 +25,6 @@ rsync, pdsh. It skips only when it cannot run (not Linux, or not root with one o
 from __future__ import annotations
 
 import json
-
 import os
 import shutil
 import signal
@@ -34,12 +33,11 @@ import sys
 import time
 from pathlib import Path
 
+import cluster_sshd
+import multinode_helpers as mh
 import pytest
 import torch
 from safetensors.torch import load_file
-
-import cluster_sshd
-import multinode_helpers as mh
 from train_helpers import BIN, ROOT, cpu_env, deepspeed_cmd, free_port, read_metrics, run
 
 pytestmark = pytest.mark.slow
@@ -66,8 +64,16 @@ def _prerequisites() -> None:
 
 def _launch(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
     """Run the launcher in its own process group; on timeout SIGKILL the group (pdsh, ssh too)."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -96,12 +102,28 @@ def test_deepspeed_hostfile_launch_trains_on_two_nodes(tiny_shards, tmp_path):
 
         # Both names reach the private sshd with plain `ssh NAME`, as DeepSpeed's check runs it.
         for host in HOSTS:
-            r = subprocess.run(["ssh", "-o", "PasswordAuthentication=no", host, "hostname"], env=env,
-                               capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+            r = subprocess.run(
+                ["ssh", "-o", "PasswordAuthentication=no", host, "hostname"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
             assert r.returncode == 0, f"ssh {host}: {r.stderr}\nsshd:\n{sshd.log()}"
 
-        cmd = [str(BIN / "deepspeed"), "--hostfile", str(hostfile), "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), "dfm_video/train.py", "--config", "tiny.yaml"]
+        cmd = [
+            str(BIN / "deepspeed"),
+            "--hostfile",
+            str(hostfile),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            "dfm_video/train.py",
+            "--config",
+            "tiny.yaml",
+        ]
         for o in _overrides(tiny_shards, out):
             cmd += ["--set", o]
         t0 = time.time()
@@ -125,7 +147,9 @@ def test_deepspeed_hostfile_launch_trains_on_two_nodes(tiny_shards, tmp_path):
         assert (ckpt / "COMPLETE").is_file()
         assert (ckpt / "ema.safetensors").is_file() and json.loads((ckpt / "meta.json").read_text())["world_size"] == 2
         assert sorted(p.name for p in ckpt.glob("zero_pp_rank_*_optim_states.pt")) == [
-            "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+            "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+            "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+        ]
         assert (out / "export" / "model.safetensors").is_file()
 
         # The launcher tore its nodes down: nothing it started is still running.

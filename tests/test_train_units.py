@@ -14,7 +14,15 @@ from dfm_video.train.lr_schedule import lr_multiplier
 
 
 def test_deepspeed_json_is_derived_from_the_config():
-    cfg = load_config(None, ["distributed.global_batch_size=256", "distributed.micro_batch_size=2", "distributed.zero_stage=3", "optim.grad_clip=0.5"])
+    cfg = load_config(
+        None,
+        [
+            "distributed.global_batch_size=256",
+            "distributed.micro_batch_size=2",
+            "distributed.zero_stage=3",
+            "optim.grad_clip=0.5",
+        ],
+    )
     ds = build_deepspeed_config(cfg, world_size=16)
     assert ds["train_batch_size"] == 256 and ds["train_micro_batch_size_per_gpu"] == 2
     assert ds["gradient_accumulation_steps"] == 8
@@ -22,7 +30,9 @@ def test_deepspeed_json_is_derived_from_the_config():
     assert "offload_optimizer" not in ds["zero_optimization"]
     off = build_deepspeed_config(load_config(None, ["distributed.offload_optimizer=true"]), world_size=1)
     assert off["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
-    fp32 = build_deepspeed_config(load_config(None, ["distributed.precision=fp32", "distributed.zero_stage=0"]), world_size=1)
+    fp32 = build_deepspeed_config(
+        load_config(None, ["distributed.precision=fp32", "distributed.zero_stage=0"]), world_size=1
+    )
     assert not fp32["bf16"]["enabled"] and fp32["zero_optimization"] == {"stage": 0}
 
 
@@ -39,12 +49,28 @@ def test_lr_warmup_then_constant_or_cosine():
     f = lr_multiplier(cfg.optim, 100)
     assert [f(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
     assert f(50) == 1.0 and f(99) == 1.0
-    cos = lr_multiplier(load_config(None, ["optim.warmup_steps=10", "optim.schedule=cosine", "optim.min_lr_ratio=0.1"]).optim, 110)
-    assert cos(10) == pytest.approx(1.0) and cos(60) == pytest.approx(0.1 + 0.9 * 0.5) and cos(110) == pytest.approx(0.1)
+    cos = lr_multiplier(
+        load_config(None, ["optim.warmup_steps=10", "optim.schedule=cosine", "optim.min_lr_ratio=0.1"]).optim, 110
+    )
+    assert (
+        cos(10) == pytest.approx(1.0) and cos(60) == pytest.approx(0.1 + 0.9 * 0.5) and cos(110) == pytest.approx(0.1)
+    )
 
 
 def _stream(world, micro, G, start, n_items, n=23, seed=3):
-    return [list(itertools.islice(iter(ResumableSampler(n, global_batch=G, micro_batch=micro, rank=r, world_size=world, seed=seed, start=start)), n_items)) for r in range(world)]
+    return [
+        list(
+            itertools.islice(
+                iter(
+                    ResumableSampler(
+                        n, global_batch=G, micro_batch=micro, rank=r, world_size=world, seed=seed, start=start
+                    )
+                ),
+                n_items,
+            )
+        )
+        for r in range(world)
+    ]
 
 
 def test_sampler_covers_each_epoch_once_across_ranks_and_resumes_exactly():
@@ -92,10 +118,34 @@ def test_objective_is_zero_for_the_oracle_velocity_and_reproducible():
         captured["y"] = y
         return [(lv - xt) / (1 - t[:, s].double().view(-1, 1, 1, 1, 1)) for s, (lv, xt) in enumerate(zip(levels, x_t))]
 
-    out = dfm_objective(oracle, levels, torch.arange(4), params, class_dropout=0.0, null_class=9, generator=torch.Generator().manual_seed(0))
+    out = dfm_objective(
+        oracle,
+        levels,
+        torch.arange(4),
+        params,
+        class_dropout=0.0,
+        null_class=9,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.loss.abs().item() < 1e-18
-    a = dfm_objective(lambda *a: [torch.zeros_like(v) for v in levels], levels, torch.arange(4), params, class_dropout=0.5, null_class=9, generator=torch.Generator().manual_seed(1))
-    b = dfm_objective(lambda *a: [torch.zeros_like(v) for v in levels], levels, torch.arange(4), params, class_dropout=0.5, null_class=9, generator=torch.Generator().manual_seed(1))
+    a = dfm_objective(
+        lambda *a: [torch.zeros_like(v) for v in levels],
+        levels,
+        torch.arange(4),
+        params,
+        class_dropout=0.5,
+        null_class=9,
+        generator=torch.Generator().manual_seed(1),
+    )
+    b = dfm_objective(
+        lambda *a: [torch.zeros_like(v) for v in levels],
+        levels,
+        torch.arange(4),
+        params,
+        class_dropout=0.5,
+        null_class=9,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert torch.equal(a.loss, b.loss) and a.loss > 0
     with pytest.raises(ValueError, match="2 stages"):
         dfm_objective(oracle, levels[:1], torch.arange(4), params, class_dropout=0.0, null_class=9)
@@ -116,11 +166,26 @@ def test_per_sample_generators_make_draws_independent_of_micro_batch_grouping():
         seen.append((torch.cat([v.flatten(1) for v in x], 1), t, active, y_in))
         return [v * 0 for v in x]
 
-    dfm_objective(model, levels, y, params, class_dropout=0.5, null_class=9, generator=sample_generators(7, 100, 4, torch.device("cpu")))
+    dfm_objective(
+        model,
+        levels,
+        y,
+        params,
+        class_dropout=0.5,
+        null_class=9,
+        generator=sample_generators(7, 100, 4, torch.device("cpu")),
+    )
     for start in (0, 2):
         part = [v[start : start + 2] for v in levels]
-        dfm_objective(model, part, y[start : start + 2], params, class_dropout=0.5, null_class=9,
-                      generator=sample_generators(7, 100 + start, 2, torch.device("cpu")))
+        dfm_objective(
+            model,
+            part,
+            y[start : start + 2],
+            params,
+            class_dropout=0.5,
+            null_class=9,
+            generator=sample_generators(7, 100 + start, 2, torch.device("cpu")),
+        )
     whole, halves = seen[0], [torch.cat(z) for z in zip(*seen[1:])]
     for a, b in zip(whole, halves):
         assert torch.equal(a, b)

@@ -30,18 +30,43 @@ def make_tiny_shards(out: Path) -> Path:
     """Real clips -> the real Ray pipeline (subprocess) -> pixel-codec pyramid shards."""
     clips = out / "clips"
     shards = out / "shards"
-    subprocess.run([sys.executable, "-m", "data_pipeline.demo_clips", str(clips)], check=True, cwd=ROOT, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "data_pipeline.demo_clips", str(clips)], check=True, cwd=ROOT, capture_output=True
+    )
     r = subprocess.run(
-        [sys.executable, "-m", "data_pipeline.preprocess", "--config", "configs/preprocess/tiny.yaml",
-         "--set", f"preprocess.input_dir={clips}", "--set", f"preprocess.output_dir={shards}"],
-        cwd=ROOT, capture_output=True, text=True, env=cpu_env(),
+        [
+            sys.executable,
+            "-m",
+            "data_pipeline.preprocess",
+            "--config",
+            "configs/preprocess/tiny.yaml",
+            "--set",
+            f"preprocess.input_dir={clips}",
+            "--set",
+            f"preprocess.output_dir={shards}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=cpu_env(),
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return shards
 
 
-def deepspeed_cmd(overrides: Sequence[str], *, nproc: int = 2, config: str = "tiny.yaml", extra: Sequence[str] = ()) -> list[str]:
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()), "dfm_video/train.py", "--config", config]
+def deepspeed_cmd(
+    overrides: Sequence[str], *, nproc: int = 2, config: str = "tiny.yaml", extra: Sequence[str] = ()
+) -> list[str]:
+    cmd = [
+        str(BIN / "deepspeed"),
+        "--num_gpus",
+        str(nproc),
+        "--master_port",
+        str(free_port()),
+        "dfm_video/train.py",
+        "--config",
+        config,
+    ]
     for o in overrides:
         cmd += ["--set", o]
     return cmd + list(extra)
@@ -49,7 +74,9 @@ def deepspeed_cmd(overrides: Sequence[str], *, nproc: int = 2, config: str = "ti
 
 def run(cmd: Sequence[str], timeout: float = 600, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
     """`env`: extra variables (test hooks such as DFM_TEST_DUMP_STATE) on top of cpu_env()."""
-    return subprocess.run(list(cmd), cwd=ROOT, env={**cpu_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        list(cmd), cwd=ROOT, env={**cpu_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def read_metrics(run_dir: Path) -> dict[int, dict]:

@@ -31,9 +31,13 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown autoencoder '{kind}' (expected one of {', '.join(KINDS)})")
 
 
-def load_autoencoder(kind: str, path: str | Path = "", device: str | torch.device = "cpu",
-                     dtype: torch.dtype = torch.float32,
-                     pixel_patch: Sequence[int] = (1, 4, 4)) -> Autoencoder:
+def load_autoencoder(
+    kind: str,
+    path: str | Path = "",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    pixel_patch: Sequence[int] = (1, 4, 4),
+) -> Autoencoder:
     """Build the codec `kind`; diffusers kinds load from the local directory `path` (never a hub)."""
     _check_kind(kind)
     if kind == "pixel":
@@ -53,7 +57,9 @@ def autoencoder_info(kind: str, path: str | Path = "", pixel_patch: Sequence[int
 
 def geometry_of(info: dict[str, Any]) -> CodecGeometry:
     """The `CodecGeometry` recorded in an `autoencoder_info` / `describe()` dict."""
-    return CodecGeometry(int(info["latent_channels"]), int(info["temporal"]), tuple(info["spatial"]), bool(info["causal"]))
+    return CodecGeometry(
+        int(info["latent_channels"]), int(info["temporal"]), tuple(info["spatial"]), bool(info["causal"])
+    )
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

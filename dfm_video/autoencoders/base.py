@@ -30,7 +30,9 @@ class LatentScaling:
 
     def __post_init__(self) -> None:
         if len(self.offset) != len(self.multiplier):
-            raise ValueError(f"LatentScaling: offset has {len(self.offset)} channels, multiplier {len(self.multiplier)}")
+            raise ValueError(
+                f"LatentScaling: offset has {len(self.offset)} channels, multiplier {len(self.multiplier)}"
+            )
         if any(m == 0 for m in self.multiplier):
             raise ValueError(f"LatentScaling: a zero multiplier cannot be inverted: {self.multiplier}")
 
@@ -69,7 +71,9 @@ class CodecGeometry:
     spatial: tuple[int, int]
     causal: bool
 
-    def latent_shape(self, frames: int, height: int, width: int, codec: str = "autoencoder") -> tuple[int, int, int, int]:
+    def latent_shape(
+        self, frames: int, height: int, width: int, codec: str = "autoencoder"
+    ) -> tuple[int, int, int, int]:
         """(C, T, h, w) for a (3, frames, height, width) clip; `ValueError` naming the value that does not fit."""
         k = self.temporal
         if frames < 1:

@@ -55,7 +55,9 @@ def read_vae_config(kind: str, path: str | Path) -> tuple[Path, dict[str, Any], 
     expected = DIFFUSERS_CLASSES[kind]
     found = config.get("_class_name")
     if found != expected:
-        raise ValueError(f"{folder / 'config.json'}: _class_name is '{found}', but autoencoder '{kind}' expects '{expected}'")
+        raise ValueError(
+            f"{folder / 'config.json'}: _class_name is '{found}', but autoencoder '{kind}' expects '{expected}'"
+        )
     name = folder.parent.name if folder.name == "vae" else folder.name
     codec_id = f"{kind}:{name}:{hashlib.sha256(raw).hexdigest()[:12]}"
     return folder, config, codec_id
@@ -71,7 +73,9 @@ def geometry_from_config(kind: str, config: dict[str, Any]) -> CodecGeometry:
     spatial = 2 ** (len(config.get("block_out_channels", [64])) - 1)
     channels = int(config.get("latent_channels", 16 if kind == "cogvideox" else 4))
     if kind == "cogvideox":
-        return CodecGeometry(channels, int(config.get("temporal_compression_ratio", 4)), (spatial, spatial), causal=True)
+        return CodecGeometry(
+            channels, int(config.get("temporal_compression_ratio", 4)), (spatial, spatial), causal=True
+        )
     return CodecGeometry(channels, 1, (spatial, spatial), causal=False)  # image VAE: frame by frame
 
 
@@ -90,8 +94,9 @@ def scaling_from_config(kind: str, config: dict[str, Any], channels: int) -> Lat
 class DiffusersAutoencoder(Autoencoder):
     """A diffusers VAE loaded with `from_pretrained(local_dir)`; encode = scaled posterior mean."""
 
-    def __init__(self, kind: str, path: str | Path, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, kind: str, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> None:
         import diffusers  # heavy import, only when a diffusers codec is used
 
         folder, config, self.id = read_vae_config(kind, path)

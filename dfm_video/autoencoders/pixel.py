@@ -16,8 +16,12 @@ from dfm_video.autoencoders.base import Autoencoder, CodecGeometry, LatentScalin
 class PixelAutoencoder(Autoencoder):
     kind = "pixel"
 
-    def __init__(self, patch: tuple[int, int, int] = (1, 4, 4), device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        patch: tuple[int, int, int] = (1, 4, 4),
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         pt, ph, pw = (int(p) for p in patch)
         if min(pt, ph, pw) < 1:
             raise ValueError(f"pixel codec: patch sizes must be >= 1, got {tuple(patch)}")
@@ -42,6 +46,8 @@ class PixelAutoencoder(Autoencoder):
         b, ch, t, h, w = latents.shape
         pt, ph, pw = self.patch
         if ch != self.latent_channels:
-            raise ValueError(f"{self.id}: decode expects {self.latent_channels} channels, got shape {tuple(latents.shape)}")
+            raise ValueError(
+                f"{self.id}: decode expects {self.latent_channels} channels, got shape {tuple(latents.shape)}"
+            )
         x = latents.reshape(b, 3, pt, ph, pw, t, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
         return x.reshape(b, 3, t * pt, h * ph, w * pw)

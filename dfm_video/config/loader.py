@@ -139,8 +139,11 @@ def validate(cfg: Config, source: str = "<config>") -> None:
         if any(v not in (1, 2) for v in f):
             fail(f"dfm.factors[{i}]", f"each of (ft, fh, fw) must be 1 or 2, got {list(f)}")
     if cfg.preprocess.input_type == "images" and any(f[0] != 1 for f in d.factors):
-        fail("dfm.factors", f"preprocess.input_type='images' gives T = 1 latents, which have no time axis for the temporal "
-             f"factor in {[list(f) for f in d.factors]}; use ft = 1 (e.g. [[1, 2, 2]])")
+        fail(
+            "dfm.factors",
+            f"preprocess.input_type='images' gives T = 1 latents, which have no time axis for the temporal "
+            f"factor in {[list(f) for f in d.factors]}; use ft = 1 (e.g. [[1, 2, 2]])",
+        )
     if len(d.stage_probs) != d.num_stages:
         fail("dfm.stage_probs", f"expected {d.num_stages} probabilities, got {len(d.stage_probs)}")
     if any(p < 0 for p in d.stage_probs) or not math.isclose(sum(d.stage_probs), 1.0, abs_tol=1e-6):
@@ -177,7 +180,11 @@ def validate(cfg: Config, source: str = "<config>") -> None:
         if not src.weight > 0:
             fail(f"data.mix[{i}].weight", f"expected > 0, got {src.weight}")
     if cfg.data.mix and cfg.data.shards:
-        fail("data.shards", f"give data.shards or data.mix, not both (data.shards='{cfg.data.shards}', data.mix has {len(cfg.data.mix)} datasets)")
+        fail(
+            "data.shards",
+            f"give data.shards or data.mix, not both (data.shards='{cfg.data.shards}', "
+            f"data.mix has {len(cfg.data.mix)} datasets)",
+        )
     o = cfg.optim
     if o.lr <= 0:
         fail("optim.lr", f"expected > 0, got {o.lr}")

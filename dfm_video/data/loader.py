@@ -35,8 +35,13 @@ from dfm_video.dfm import LevelStats, decompose, level_shapes, recompose, standa
 class ShardDataset(Dataset):
     """Random access to clips: index -> (levels as stored, label id). Keeps a few row groups cached."""
 
-    def __init__(self, index: list[tuple[Path, int, int]], num_levels: int, cache_groups: int = 4,
-                 dtypes: Optional[dict[Path, str]] = None) -> None:
+    def __init__(
+        self,
+        index: list[tuple[Path, int, int]],
+        num_levels: int,
+        cache_groups: int = 4,
+        dtypes: Optional[dict[Path, str]] = None,
+    ) -> None:
         self.index = index  # (shard path, row group, row within group)
         self.num_levels = num_levels
         self.dtypes = dtypes or {}  # latent storage dtype per shard (float32 when absent)
@@ -61,7 +66,9 @@ class ShardDataset(Dataset):
         g = self._group(path, group)
         levels = []
         for s in range(self.num_levels):
-            levels.append(decode_level(g[level_column(s)][row], g[level_shape_column(s)][row], self.dtypes.get(path, "float32")))
+            levels.append(
+                decode_level(g[level_column(s)][row], g[level_shape_column(s)][row], self.dtypes.get(path, "float32"))
+            )
         return levels, int(g["label_id"][row])
 
 
@@ -95,7 +102,9 @@ class TrainingData:
         labels = torch.where(labels < 0, torch.full_like(labels, self.cfg.model.num_classes), labels)
         return levels, labels
 
-    def batches(self, *, rank: int, world_size: int, start: int, device: torch.device) -> Iterator[tuple[list[Tensor], Tensor]]:
+    def batches(
+        self, *, rank: int, world_size: int, start: int, device: torch.device
+    ) -> Iterator[tuple[list[Tensor], Tensor]]:
         """Endless micro-batches for this rank from global sample position `start`."""
         d = self.cfg.distributed
         sampler = ResumableSampler(
@@ -146,7 +155,11 @@ def resolve_standardize(requested: Optional[bool], frames: int, root: Path) -> b
     """`dfm.standardize` for a dataset of `frames` latent frames: an explicit value wins, None follows
     the paper (on for video, off for images); the choice is logged either way."""
     value = requested if requested is not None else frames > 1
-    why = "set in the config" if requested is not None else f"default for {'video' if frames > 1 else 'image (T = 1)'} data"
+    why = (
+        "set in the config"
+        if requested is not None
+        else f"default for {'video' if frames > 1 else 'image (T = 1)'} data"
+    )
     print(f"data: dfm.standardize={str(value).lower()} for {root} ({why})", flush=True)
     return value
 
@@ -167,7 +180,9 @@ def open_training_data(cfg: Config, source: str = "config") -> TrainingData:
         meta = read_shard_meta(path)
         dtypes[path] = meta.latent_dtype
         if meta.autoencoder.get("id") != codec.get("id"):
-            raise ValueError(f"{path}: encoded with autoencoder '{meta.autoencoder.get('id')}', the dataset with '{codec.get('id')}'")
+            raise ValueError(
+                f"{path}: encoded with autoencoder '{meta.autoencoder.get('id')}', the dataset with '{codec.get('id')}'"
+            )
         pf = pq.ParquetFile(path)
         for g in range(pf.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
@@ -178,20 +193,29 @@ def open_training_data(cfg: Config, source: str = "config") -> TrainingData:
     if len(counts) > 1:
         if not cfg.data.drop_incompatible:
             listing = ", ".join(f"{n} clips of {list(map(list, s))}" for s, n in counts.most_common())
-            raise ValueError(f"{root}: clips have different latent shapes ({listing}); set data.drop_incompatible=true to keep the most common")
+            raise ValueError(
+                f"{root}: clips have different latent shapes ({listing}); "
+                "set data.drop_incompatible=true to keep the most common"
+            )
         keep = counts.most_common(1)[0][0]
         dropped = len(index) - counts[keep]
         index = [ix for ix, s in zip(index, shapes) if s == keep]
-        print(f"data: kept {len(index)} clips of shape {list(map(list, keep))}, dropped {dropped} of other shapes", flush=True)
+        print(
+            f"data: kept {len(index)} clips of shape {list(map(list, keep))}, dropped {dropped} of other shapes",
+            flush=True,
+        )
     stored = [list(s) for s in counts.most_common(1)[0][0]]  # (C, T, H, W) per stored level
     channels = stored[-1][0]
     if channels != cfg.model.in_channels:
         raise ValueError(
-            f"{source}: model.in_channels={cfg.model.in_channels} but the shards in {root} have {channels} latent channels "
+            f"{source}: model.in_channels={cfg.model.in_channels} but "
+            f"the shards in {root} have {channels} latent channels "
             f"(autoencoder '{codec.get('id')}')"
         )
     if len(info.labels) > cfg.model.num_classes:
-        raise ValueError(f"{source}: model.num_classes={cfg.model.num_classes} but {root} has {len(info.labels)} labels")
+        raise ValueError(
+            f"{source}: model.num_classes={cfg.model.num_classes} but {root} has {len(info.labels)} labels"
+        )
     finest = tuple(stored[-1][1:])
     if finest[0] == 1 and any(f[0] != 1 for f in cfg.dfm.factors):
         raise ValueError(
@@ -200,17 +224,23 @@ def open_training_data(cfg: Config, source: str = "config") -> TrainingData:
             "beside videos with data.mix, which skips temporal factors for T = 1 datasets"
         )
     cfg.dfm.standardize = resolve_standardize(cfg.dfm.standardize, finest[0], root)  # the saved config says what ran
-    same = [list(f) for f in info.factors] == [list(f) for f in cfg.dfm.factors] and info.temporal_mode == cfg.dfm.temporal_mode
+    same = [list(f) for f in info.factors] == [
+        list(f) for f in cfg.dfm.factors
+    ] and info.temporal_mode == cfg.dfm.temporal_mode
     if not same:
         try:
             level_shapes(finest, cfg.dfm.factors, cfg.dfm.temporal_mode)
         except ValueError as exc:
-            raise ValueError(f"{source}: dfm.factors {cfg.dfm.factors} cannot decompose the latents of {root}: {exc}") from exc
+            raise ValueError(
+                f"{source}: dfm.factors {cfg.dfm.factors} cannot decompose the latents of {root}: {exc}"
+            ) from exc
         single = cfg.dfm.num_stages == 1 and info.latent_moments is not None
         if cfg.dfm.standardize and not single:
             raise ValueError(
-                f"{source}: the shards in {root} were decomposed with factors {info.factors} ({info.temporal_mode}), the config "
-                f"asks for {[list(f) for f in cfg.dfm.factors]} ({cfg.dfm.temporal_mode}); they can be re-decomposed exactly, but "
+                f"{source}: the shards in {root} were decomposed with "
+                f"factors {info.factors} ({info.temporal_mode}), the config "
+                f"asks for {[list(f) for f in cfg.dfm.factors]} "
+                f"({cfg.dfm.temporal_mode}); they can be re-decomposed exactly, but "
                 "statistics exist only for the stored pyramid and the whole latent (flow matching, dfm.num_stages=1"
                 + ("" if info.latent_moments is not None else "; these shards predate whole-latent statistics")
                 + "): set dfm.standardize=false or preprocess into a new output_dir with these factors"

@@ -101,8 +101,18 @@ class MixSchedule:
 class MixtureBatchSampler(Sampler[list[int]]):
     """This rank's micro-batches (indices into the concatenated buckets) from global sample position `start`."""
 
-    def __init__(self, sizes: Sequence[int], schedule: MixSchedule, *, micro_batch: int, rank: int, world_size: int,
-                 seed: int, shuffle: bool = True, start: int = 0) -> None:
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        schedule: MixSchedule,
+        *,
+        micro_batch: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        shuffle: bool = True,
+        start: int = 0,
+    ) -> None:
         small = [(d, n) for d, n in enumerate(sizes) if n < micro_batch]
         if small:
             raise ValueError(f"buckets {small} (index, samples) cannot fill a micro-batch of {micro_batch}")
@@ -205,11 +215,19 @@ class MixtureData:
 
     def sampler(self, *, rank: int, world_size: int, start: int) -> MixtureBatchSampler:
         return MixtureBatchSampler(
-            [len(b.data.dataset) for b in self.buckets], self.schedule, micro_batch=self.cfg.distributed.micro_batch_size,
-            rank=rank, world_size=world_size, seed=self.cfg.train.seed, shuffle=self.cfg.data.shuffle, start=start,
+            [len(b.data.dataset) for b in self.buckets],
+            self.schedule,
+            micro_batch=self.cfg.distributed.micro_batch_size,
+            rank=rank,
+            world_size=world_size,
+            seed=self.cfg.train.seed,
+            shuffle=self.cfg.data.shuffle,
+            start=start,
         )
 
-    def batches(self, *, rank: int, world_size: int, start: int, device: torch.device) -> Iterator[tuple[list[Tensor], Tensor]]:
+    def batches(
+        self, *, rank: int, world_size: int, start: int, device: torch.device
+    ) -> Iterator[tuple[list[Tensor], Tensor]]:
         """Endless micro-batches for this rank from global sample position `start` (one bucket each)."""
         workers = self.cfg.data.num_workers
         loader = DataLoader(
@@ -240,7 +258,9 @@ def bucket_meta(meta: dict[str, Any], key: str) -> dict[str, Any]:
     """The dataset meta of one bucket of a mixed run, chosen by index or name (for sampling)."""
     buckets = meta.get("buckets")
     if not buckets:
-        raise ValueError(f"--bucket {key}: this model was trained on one dataset ({meta.get('source')}), it has no buckets")
+        raise ValueError(
+            f"--bucket {key}: this model was trained on one dataset ({meta.get('source')}), it has no buckets"
+        )
     names = [b["name"] for b in buckets]
     if key.isdigit() and int(key) < len(buckets):
         chosen = buckets[int(key)]
@@ -269,19 +289,27 @@ def open_mixture(cfg: Config, source: str = "config") -> MixtureData:
     infos = []
     for i, root in enumerate(roots):
         if not root.is_dir():
-            raise ValueError(f"{source}: data.mix[{i}].shards='{root}' is not a directory (run data_pipeline.preprocess first)")
+            raise ValueError(
+                f"{source}: data.mix[{i}].shards='{root}' is not a directory (run data_pipeline.preprocess first)"
+            )
         infos.append(DatasetInfo.load(root))
     channels = [int(info.level_shapes[-1][0]) for info in infos]
     if len(set(channels)) > 1:
-        listing = ", ".join(f"'{n}' ({roots[i]}): {channels[i]} channels, autoencoder '{infos[i].autoencoder.get('id')}'"
-                            for i, n in enumerate(names))
-        raise ValueError(f"{source}: the datasets of data.mix have different latent channels ({listing}); one model "
-                         "needs one latent space: encode them with the same autoencoder")
+        listing = ", ".join(
+            f"'{n}' ({roots[i]}): {channels[i]} channels, autoencoder '{infos[i].autoencoder.get('id')}'"
+            for i, n in enumerate(names)
+        )
+        raise ValueError(
+            f"{source}: the datasets of data.mix have different latent channels ({listing}); one model "
+            "needs one latent space: encode them with the same autoencoder"
+        )
     shares = integer_shares([m.weight for m in mix])
     tiny = [(names[i], mix[i].weight) for i, s in enumerate(shares) if s == 0]
     if tiny:
-        raise ValueError(f"{source}: data.mix weights {tiny} are below 1/{SHARE_RESOLUTION} of the mix: those datasets would "
-                         "never fill a micro-batch; raise them or drop the datasets")
+        raise ValueError(
+            f"{source}: data.mix weights {tiny} are below 1/{SHARE_RESOLUTION} of the mix: those datasets would "
+            "never fill a micro-batch; raise them or drop the datasets"
+        )
     labels: list[str] = []
     buckets = []
     for i, (root, info) in enumerate(zip(roots, infos)):
@@ -293,19 +321,25 @@ def open_mixture(cfg: Config, source: str = "config") -> MixtureData:
         data = open_training_data(sub, f"{source} (data.mix[{i}])")
         n, M = len(data.dataset), cfg.distributed.micro_batch_size
         if n < M:
-            raise ValueError(f"{source}: data.mix[{i}] '{names[i]}' ({root}) has {n} usable clips, fewer than one micro-batch "
-                             f"(distributed.micro_batch_size={M}): its buckets cannot fill a micro-batch; add data or lower it")
+            raise ValueError(
+                f"{source}: data.mix[{i}] '{names[i]}' ({root}) has {n} usable clips, fewer than one micro-batch "
+                f"(distributed.micro_batch_size={M}): its buckets cannot fill a micro-batch; add data or lower it"
+            )
         for label in info.labels:
             if label not in labels:
                 labels.append(label)
         label_map = torch.tensor([labels.index(lb) for lb in info.labels] or [0], dtype=torch.long)
         buckets.append(Bucket(names[i], shares[i] / sum(shares), data, label_map))
     if len(labels) > cfg.model.num_classes:
-        raise ValueError(f"{source}: model.num_classes={cfg.model.num_classes} but the datasets of data.mix have "
-                         f"{len(labels)} distinct labels together")
-    desc = ", ".join(f"'{b.name}' {b.weight:.3f} (latent {[b.data.channels, *b.data.latent_shape]}, "
-                     f"factors {[list(f) for f in b.data.cfg.dfm.factors]}, standardize={str(b.data.cfg.dfm.standardize).lower()})"
-                     for b in buckets)
+        raise ValueError(
+            f"{source}: model.num_classes={cfg.model.num_classes} but the datasets of data.mix have "
+            f"{len(labels)} distinct labels together"
+        )
+    desc = ", ".join(
+        f"'{b.name}' {b.weight:.3f} (latent {[b.data.channels, *b.data.latent_shape]}, "
+        f"factors {[list(f) for f in b.data.cfg.dfm.factors]}, standardize={str(b.data.cfg.dfm.standardize).lower()})"
+        for b in buckets
+    )
     print(f"data: mixing {len(buckets)} datasets per micro-batch: {desc}", flush=True)
     return MixtureData(cfg, buckets, labels, MixSchedule(shares))
 

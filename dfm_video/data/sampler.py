@@ -20,7 +20,16 @@ class ResumableSampler(Sampler[int]):
     """Yields this rank's dataset indices from global sample position `start` onwards, forever."""
 
     def __init__(
-        self, num_samples: int, *, global_batch: int, micro_batch: int, rank: int, world_size: int, seed: int, shuffle: bool = True, start: int = 0
+        self,
+        num_samples: int,
+        *,
+        global_batch: int,
+        micro_batch: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        shuffle: bool = True,
+        start: int = 0,
     ) -> None:
         if num_samples < global_batch:
             raise ValueError(
@@ -28,7 +37,9 @@ class ResumableSampler(Sampler[int]):
                 "lower distributed.global_batch_size or add data"
             )
         if global_batch % (micro_batch * world_size):
-            raise ValueError(f"global batch {global_batch} is not a multiple of micro batch {micro_batch} x world {world_size}")
+            raise ValueError(
+                f"global batch {global_batch} is not a multiple of micro batch {micro_batch} x world {world_size}"
+            )
         self.n = num_samples
         self.G, self.M, self.W, self.rank = global_batch, micro_batch, world_size, rank
         self.seed, self.shuffle = seed, shuffle

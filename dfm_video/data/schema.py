@@ -207,7 +207,9 @@ def samples_to_table(samples: Sequence[Sample], meta: ShardMeta) -> pa.Table:
             columns[f.name].append(getattr(smp, f.name))
         for s, x in enumerate(smp.levels):
             if list(x.shape) != list(meta.level_shapes[s]):
-                raise ValueError(f"sample '{smp.key}' level {s} has shape {list(x.shape)}, the shard expects {meta.level_shapes[s]}")
+                raise ValueError(
+                    f"sample '{smp.key}' level {s} has shape {list(x.shape)}, the shard expects {meta.level_shapes[s]}"
+                )
             columns[level_column(s)].append(_level_bytes(x, meta.latent_dtype))
             columns[level_shape_column(s)].append(list(x.shape))
     schema = shard_schema(n_levels).with_metadata({META_KEY: meta.to_json().encode()})
@@ -225,7 +227,9 @@ def tmp_path_for(final: Path) -> Path:
     return final.with_name(f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
 
 
-def write_table_atomic(table: pa.Table, path: str | Path, uncompressed: Sequence[str] = (), row_group_size: int = 16) -> Path:
+def write_table_atomic(
+    table: pa.Table, path: str | Path, uncompressed: Sequence[str] = (), row_group_size: int = 16
+) -> Path:
     """Write a Parquet file under a temporary name, then rename: readers see all of it or nothing."""
     final = Path(path)
     tmp = tmp_path_for(final)
@@ -242,7 +246,9 @@ def write_shard(path: str | Path, samples: Sequence[Sample], meta: ShardMeta) ->
     """Atomically write one shard (temporary file + fsync + rename)."""
     table = samples_to_table(samples, meta)
     # One clip per row group: a random training read fetches exactly one clip's bytes.
-    return write_table_atomic(table, path, uncompressed=[level_column(s) for s in range(meta.num_levels)], row_group_size=1)
+    return write_table_atomic(
+        table, path, uncompressed=[level_column(s) for s in range(meta.num_levels)], row_group_size=1
+    )
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
@@ -269,7 +275,9 @@ def _rows_to_samples(table: pa.Table, n_levels: int, dtype: str = "float32") -> 
     for name, default in OPTIONAL_DEFAULTS.items():
         cols.setdefault(name, [default] * table.num_rows)
     for i in range(table.num_rows):
-        levels = [decode_level(cols[level_column(s)][i], cols[level_shape_column(s)][i], dtype) for s in range(n_levels)]
+        levels = [
+            decode_level(cols[level_column(s)][i], cols[level_shape_column(s)][i], dtype) for s in range(n_levels)
+        ]
         yield Sample(**{f.name: cols[f.name][i] for f in CLIP_FIELDS}, levels=levels)
 
 

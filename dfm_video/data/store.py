@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from dfm_video.config.loader import config_to_dict, save_config
@@ -44,9 +43,16 @@ LOCK_FILE = ".lock"
 
 # Config values that change what a shard contains: a rerun into the same directory must match.
 CONTENT_KEYS = (
-    "preprocess.input_type", "preprocess.split", "preprocess.num_frames", "preprocess.fps",
-    "preprocess.resolution", "preprocess.autoencoder", "preprocess.pixel_patch",
-    "preprocess.autoencoder_dtype", "dfm.factors", "dfm.temporal_mode",
+    "preprocess.input_type",
+    "preprocess.split",
+    "preprocess.num_frames",
+    "preprocess.fps",
+    "preprocess.resolution",
+    "preprocess.autoencoder",
+    "preprocess.pixel_patch",
+    "preprocess.autoencoder_dtype",
+    "dfm.factors",
+    "dfm.temporal_mode",
 )
 
 
@@ -95,8 +101,16 @@ def write_clips(root: str | Path, samples: Sequence[S.Sample], rejects: Sequence
             smp.levels = [S.storage_round(x, layout.latent_dtype) for x in smp.levels]
             moments.update(smp.levels)
             latent.update([recompose([x[None] for x in smp.levels], layout.factors, layout.temporal_mode)])
-        meta = S.ShardMeta(len(samples), layout.factors, layout.temporal_mode, layout.level_shapes, layout.autoencoder,
-                           moments.to_dict(), latent_dtype=layout.latent_dtype, latent_moments=latent.to_dict())
+        meta = S.ShardMeta(
+            len(samples),
+            layout.factors,
+            layout.temporal_mode,
+            layout.level_shapes,
+            layout.autoencoder,
+            moments.to_dict(),
+            latent_dtype=layout.latent_dtype,
+            latent_moments=latent.to_dict(),
+        )
         shard = batch_name(S.SHARD_PREFIX, [s.key for s in samples])
         S.write_shard(root / S.SHARD_DIR / shard, samples, meta)
     if rejects:
@@ -122,7 +136,9 @@ class DatasetStore:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             self._lock.close()
-            raise ValueError(f"preprocess.output_dir '{path}' is in use by another preprocess run (lock {LOCK_FILE})") from exc
+            raise ValueError(
+                f"preprocess.output_dir '{path}' is in use by another preprocess run (lock {LOCK_FILE})"
+            ) from exc
         # Leftovers of a killed run: incomplete by construction, never listed, safe to delete.
         for sub in (self.root / S.SHARD_DIR, self.root / S.REJECTS_DIR, self.root):
             for p in sub.glob(f"{S.TMP_PREFIX}*"):
@@ -140,7 +156,8 @@ class DatasetStore:
                 a, b = _dotted(old, key), _dotted(new, key)
                 if a != b:
                     raise ValueError(
-                        f"preprocess.output_dir '{self.root}' holds shards made with {key}={a}, this run has {key}={b}: "
+                        f"preprocess.output_dir '{self.root}' holds shards "
+                        f"made with {key}={a}, this run has {key}={b}: "
                         f"use another output directory (or the same settings)"
                     )
         old_labels = self.root / S.LABELS_FILE
@@ -155,7 +172,9 @@ class DatasetStore:
         if shards:
             old_id = S.read_shard_meta(shards[0]).autoencoder["id"]
             if old_id != autoencoder["id"]:
-                raise ValueError(f"{shards[0]}: encoded with autoencoder '{old_id}', this run uses '{autoencoder['id']}'")
+                raise ValueError(
+                    f"{shards[0]}: encoded with autoencoder '{old_id}', this run uses '{autoencoder['id']}'"
+                )
 
     def write_run_files(self, cfg: Config, labels: list[str], source_rejects: Sequence[Reject]) -> None:
         save_config(cfg, self.root / S.CONFIG_FILE)
@@ -192,8 +211,15 @@ class DatasetStore:
             else:
                 part.unlink()
 
-    def finalize(self, run: dict[str, Any], level_shapes: list[list[int]], factors: list[list[int]],
-                 temporal_mode: str, autoencoder: dict[str, Any], ignored: dict[str, int] | None = None) -> dict[str, Any]:
+    def finalize(
+        self,
+        run: dict[str, Any],
+        level_shapes: list[list[int]],
+        factors: list[list[int]],
+        temporal_mode: str,
+        autoencoder: dict[str, Any],
+        ignored: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
         """Rebuild stats.json, rejects.parquet and manifest.json from what is on disk.
 
         `ignored`: files of the input folder that are not media (count per extension), listed so
@@ -215,10 +241,16 @@ class DatasetStore:
             raise RuntimeError(f"{self.root}: {len(dupes)} clip key(s) appear in two shards, e.g. {sorted(dupes)[:3]}")
         num_samples = len(seen)
         stats = moments.stats().to_dict() if num_samples else None
-        S.write_json_atomic(self.root / S.STATS_FILE, {
-            "schema_version": S.SCHEMA_VERSION, "num_samples": num_samples, "moments": moments.to_dict(), "stats": stats,
-            "latent_moments": latent.to_dict() if latent is not None and num_samples else None,
-        })
+        S.write_json_atomic(
+            self.root / S.STATS_FILE,
+            {
+                "schema_version": S.SCHEMA_VERSION,
+                "num_samples": num_samples,
+                "moments": moments.to_dict(),
+                "stats": stats,
+                "latent_moments": latent.to_dict() if latent is not None and num_samples else None,
+            },
+        )
         rejects = S.read_rejects(self.root)
         S.write_table_atomic(rejects, self.root / S.REJECTS_FILE)
         old = self.root / S.MANIFEST_FILE
@@ -228,7 +260,12 @@ class DatasetStore:
             "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "num_samples": num_samples,
             "num_rejected": rejects.num_rows,
-            "rejects_by_reason": dict(Counter(f"{s}: {r}" for s, r in zip(rejects.column("stage").to_pylist(), rejects.column("reason").to_pylist()))),
+            "rejects_by_reason": dict(
+                Counter(
+                    f"{s}: {r}"
+                    for s, r in zip(rejects.column("stage").to_pylist(), rejects.column("reason").to_pylist())
+                )
+            ),
             "ignored_files": dict(ignored or {}),
             "num_shards": len(shards),
             "shards": entries,

@@ -41,7 +41,9 @@ def psnr_to_nearest(samples: Tensor, references: Tensor) -> tuple[Tensor, Tensor
     _check_video(samples, "psnr_to_nearest samples")
     _check_video(references, "psnr_to_nearest references")
     if samples.shape[1:] != references.shape[1:]:
-        raise ValueError(f"samples {tuple(samples.shape[1:])} and references {tuple(references.shape[1:])} differ in shape")
+        raise ValueError(
+            f"samples {tuple(samples.shape[1:])} and references {tuple(references.shape[1:])} differ in shape"
+        )
     a = (samples.double().clamp(-1, 1) + 1) * 127.5
     b = (references.double().clamp(-1, 1) + 1) * 127.5
     mse = torch.cdist(a.flatten(1), b.flatten(1)).pow(2) / a[0].numel()  # (B, N)
@@ -49,7 +51,9 @@ def psnr_to_nearest(samples: Tensor, references: Tensor) -> tuple[Tensor, Tensor
     return 10 * torch.log10(255.0**2 / best.clamp_min(1e-12)), idx
 
 
-def fine_level_std(latents: Tensor, factors: Sequence[Sequence[int]], temporal_mode: str, stats: Optional[LevelStats]) -> float:
+def fine_level_std(
+    latents: Tensor, factors: Sequence[Sequence[int]], temporal_mode: str, stats: Optional[LevelStats]
+) -> float:
     """Std of the finest level of `latents` (recomposed, destandardised) in standardised units."""
     levels = decompose(latents.float(), factors, temporal_mode)
     if stats is not None and stats.num_levels == len(levels):

@@ -58,7 +58,9 @@ def _frames(video: Tensor, n: int, scale: int) -> list[np.ndarray]:
     return [v[i].repeat(scale, axis=0).repeat(scale, axis=1) for i in idx]
 
 
-def comparison_sheet(rows: Sequence[tuple[str, Tensor]], out: Path, frames: int = 8, scale: int = 3, label_w: int = 150) -> Path:
+def comparison_sheet(
+    rows: Sequence[tuple[str, Tensor]], out: Path, frames: int = 8, scale: int = 3, label_w: int = 150
+) -> Path:
     """One labelled row of `frames` evenly spaced frames per (label, video (3, F, H, W))."""
     imgs = [(label, _frames(v, frames, scale)) for label, v in rows]
     h, w = imgs[0][1][0].shape[:2]
@@ -95,8 +97,16 @@ def run(dfm_dir: str, fm_dir: str, out: str, num_samples: int = 12, fvd: bool = 
     videos, previews, summary = {}, None, {"num_samples": num_samples, "num_training_clips": len(real), "methods": {}}
     for name, gen in gens.items():
         sc = gen.cfg.sample
-        lat, prev = generate(gen, y, steps=list(sc.steps), tau=sc.tau, cfg_scale=sc.cfg_scale, cfg_interval=sc.cfg_interval,
-                             seed=sc.seed, previews=name == "DFM")
+        lat, prev = generate(
+            gen,
+            y,
+            steps=list(sc.steps),
+            tau=sc.tau,
+            cfg_scale=sc.cfg_scale,
+            cfg_interval=sc.cfg_interval,
+            seed=sc.seed,
+            previews=name == "DFM",
+        )
         videos[name] = decode_latents(gen, lat)
         row = quality_summary(videos[name], real)
         row.update(steps=list(sc.steps), cfg_scale=sc.cfg_scale, train_steps=gen.cfg.train.steps)
@@ -135,8 +145,12 @@ def run(dfm_dir: str, fm_dir: str, out: str, num_samples: int = 12, fvd: bool = 
     sheet = comparison_sheet(rows, out_dir / "comparison.png")
     from dfm_video.train.plots import plot_losses
 
-    curves = plot_losses({"DFM": Path(dfm_dir) / "metrics.jsonl", "FM": Path(fm_dir) / "metrics.jsonl"}, out_dir / "loss_curves.png",
-                         keys=["loss/total", "loss/stage1", "loss/stage2"], title="training loss: DFM vs flow matching (FM)")
+    curves = plot_losses(
+        {"DFM": Path(dfm_dir) / "metrics.jsonl", "FM": Path(fm_dir) / "metrics.jsonl"},
+        out_dir / "loss_curves.png",
+        keys=["loss/total", "loss/stage1", "loss/stage2"],
+        title="training loss: DFM vs flow matching (FM)",
+    )
     summary.update(comparison_sheet=str(sheet), loss_curves=str(curves))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -145,17 +159,25 @@ def run(dfm_dir: str, fm_dir: str, out: str, num_samples: int = 12, fvd: bool = 
 def format_summary(s: dict) -> str:
     m = s["methods"]
     d, f = m["DFM"], m["FM"]
-    lines = [f"{'':34}{'DFM':>10}{'FM':>10}",
-             f"{'high-freq. energy / training clips':34}{d['hf_ratio']:>9.2f}x{f['hf_ratio']:>9.2f}x   (goal 0.75-1.33x)",
-             f"{'PSNR to nearest training clip':34}{d['nearest_psnr_db']:>7.1f} dB{f['nearest_psnr_db']:>7.1f} dB   (higher = closer to the data)"]
+    lines = [
+        f"{'':34}{'DFM':>10}{'FM':>10}",
+        f"{'high-freq. energy / training clips':34}{d['hf_ratio']:>9.2f}x{f['hf_ratio']:>9.2f}x   (goal 0.75-1.33x)",
+        f"{'PSNR to nearest training clip':34}{d['nearest_psnr_db']:>7.1f} "
+        f"dB{f['nearest_psnr_db']:>7.1f} dB   (higher = closer to the data)",
+    ]
     if "fvd" in d:
-        lines.append(f"{'FVD vs the training clips':34}{d['fvd']:>10.0f}{f['fvd']:>10.0f}   (lower is better; tiny sets: compare, don't quote)")
+        lines.append(
+            f"{'FVD vs the training clips':34}{d['fvd']:>10.0f}{f['fvd']:>10.0f} "
+            "  (lower is better; tiny sets: compare, don't quote)"
+        )
     if "fine_level_std" in d:
         lines.append(f"{'DFM finest level std (data 1.0)':34}{d['fine_level_std']:>10.2f}")
     hf_ok = 0.75 <= d["hf_ratio"] <= 1.33
     closer = d["nearest_psnr_db"] > f["nearest_psnr_db"]
-    lines.append(f"DFM detail level {'matches' if hf_ok else 'does NOT match'} the data's (goal 0.75-1.33x); "
-                 f"DFM samples are {'closer to' if closer else 'NOT closer to'} the training clips than FM's at equal compute")
+    lines.append(
+        f"DFM detail level {'matches' if hf_ok else 'does NOT match'} the data's (goal 0.75-1.33x); "
+        f"DFM samples are {'closer to' if closer else 'NOT closer to'} the training clips than FM's at equal compute"
+    )
     return "\n".join(lines)
 
 
@@ -178,7 +200,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(s))
-    print(f"comparison sheet {s['comparison_sheet']}, loss curves {s['loss_curves']}, numbers {Path(args.out) / 'summary.json'}")
+    print(
+        f"comparison sheet {s['comparison_sheet']}, loss curves "
+        f"{s['loss_curves']}, numbers {Path(args.out) / 'summary.json'}"
+    )
     return 0
 
 

@@ -4,8 +4,8 @@ Convention everywhere: t = 0 is pure noise, t = 1 is data; latents are (B, C, T,
 image is T = 1. Stages are listed coarse to fine.
 """
 
-from dfm_video.dfm.objective import dfm_objective, drop_labels
 from dfm_video.dfm.loss import LossOutput, NoisyLevels, dfm_loss, noisy_levels, sample_noise
+from dfm_video.dfm.objective import dfm_objective, drop_labels
 from dfm_video.dfm.pyramid import decompose, downsample, level_shapes, recompose, upsample
 from dfm_video.dfm.schedule import phase_ends, sampling_schedule, schedule_activity
 from dfm_video.dfm.solver import count_nfe, euler_sample, guided

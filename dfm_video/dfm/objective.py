@@ -64,7 +64,12 @@ def dfm_objective(
 
 
 def _per_sample_draws(
-    levels: Sequence[Tensor], y: Tensor, params: TimestepParams, class_dropout: float, null_class: int, gens: Sequence[torch.Generator]
+    levels: Sequence[Tensor],
+    y: Tensor,
+    params: TimestepParams,
+    class_dropout: float,
+    null_class: int,
+    gens: Sequence[torch.Generator],
 ) -> tuple[StageTimesteps, list[Tensor], Tensor]:
     """Stage/t, noise and label dropout of sample i from gens[i] only (in that order)."""
     B = levels[0].shape[0]
@@ -82,7 +87,9 @@ def _per_sample_draws(
         noise_parts.append(sample_noise([x[i : i + 1] for x in levels], g))
         y_parts.append(drop_labels(y[i : i + 1], class_dropout, null_class, g))
     ts = batch_ts or StageTimesteps(
-        t=torch.cat([p.t for p in ts_parts]), active=torch.cat([p.active for p in ts_parts]), stage=torch.cat([p.stage for p in ts_parts])
+        t=torch.cat([p.t for p in ts_parts]),
+        active=torch.cat([p.active for p in ts_parts]),
+        stage=torch.cat([p.stage for p in ts_parts]),
     )
     noise = [torch.cat([n[k] for n in noise_parts]) for k in range(len(levels))]
     return ts, noise, torch.cat(y_parts)

@@ -63,9 +63,7 @@ def _coarser_shape(shape: Sequence[int], factor: Factor, mode: TemporalMode, wha
             t = t // 2
     for name, size, f in (("H", h, fh), ("W", w, fw)):
         if size % f:
-            raise ValueError(
-                f"{what}: {name}={size} is not divisible by its factor {f}"
-            )
+            raise ValueError(f"{what}: {name}={size} is not divisible by its factor {f}")
     return t, h // fh, w // fw
 
 
@@ -125,9 +123,7 @@ def upsample(x: Tensor, factor: Sequence[int], temporal_mode: TemporalMode = "ca
     return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 
-def decompose(
-    x: Tensor, factors: Sequence[Sequence[int]], temporal_mode: TemporalMode = "causal"
-) -> list[Tensor]:
+def decompose(x: Tensor, factors: Sequence[Sequence[int]], temporal_mode: TemporalMode = "causal") -> list[Tensor]:
     """Laplacian pyramid of x (B, C, T, H, W): a list of S levels, coarse to fine.
 
     Level s has shape (B, C, *level_shapes(...)[s]); the finest level is a residual at x's size.

@@ -22,10 +22,14 @@ VelocityFn = Callable[[list[Tensor], Tensor, Tensor, Tensor], Sequence[Tensor]]
 StageCallback = Callable[[int, list[Tensor], int], None]
 
 
-def guided_stages(active: Tensor, t_row: Tensor, cfg_scale: float, cfg_interval: Optional[tuple[float, float]]) -> list[bool]:
+def guided_stages(
+    active: Tensor, t_row: Tensor, cfg_scale: float, cfg_interval: Optional[tuple[float, float]]
+) -> list[bool]:
     """Which stages are guided at one step: active ones whose t lies in `cfg_interval` (if given)."""
     return [
-        cfg_scale != 1.0 and bool(active[s]) and (cfg_interval is None or cfg_interval[0] <= float(t_row[s]) <= cfg_interval[1])
+        cfg_scale != 1.0
+        and bool(active[s])
+        and (cfg_interval is None or cfg_interval[0] <= float(t_row[s]) <= cfg_interval[1])
         for s in range(active.shape[0])
     ]
 
@@ -35,7 +39,10 @@ def count_nfe(schedule: Tensor, cfg_scale: float = 1.0, cfg_interval: Optional[t
     stage is guided (the conditional and unconditional halves of the batched call)."""
     sched = schedule.to(torch.float64)
     activity = schedule_activity(sched)
-    return sum(2 if any(guided_stages(activity[i], sched[i], cfg_scale, cfg_interval)) else 1 for i in range(sched.shape[0] - 1))
+    return sum(
+        2 if any(guided_stages(activity[i], sched[i], cfg_scale, cfg_interval)) else 1
+        for i in range(sched.shape[0] - 1)
+    )
 
 
 def guided(v_cond: Tensor, v_uncond: Tensor, scale: float) -> Tensor:

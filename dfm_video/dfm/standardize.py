@@ -24,7 +24,9 @@ class LevelStats:
 
     def __post_init__(self) -> None:
         if self.mean.shape != self.std.shape or self.mean.dim() != 2:
-            raise ValueError(f"LevelStats wants mean and std of one (S, C) shape, got {self.mean.shape} / {self.std.shape}")
+            raise ValueError(
+                f"LevelStats wants mean and std of one (S, C) shape, got {self.mean.shape} / {self.std.shape}"
+            )
         if not bool((self.std > 0).all()):
             raise ValueError("LevelStats: every std must be > 0 (a constant channel cannot be standardised)")
 

@@ -84,4 +84,3 @@ def sample_timesteps(
 def expand_time(t: Tensor, like: Tensor) -> Tensor:
     """(B,) -> (B, 1, 1, ...) matching `like`'s rank and dtype, for broadcasting over a level."""
     return t.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
-

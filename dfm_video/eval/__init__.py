@@ -34,9 +34,7 @@ def package_file(package: str, relpath: str) -> Path | None:
     return None
 
 
-def resolve_weights(
-    explicit: str | Path | None, package: str, relpath: str, what: str, pip_hint: str
-) -> Path:
+def resolve_weights(explicit: str | Path | None, package: str, relpath: str, what: str, pip_hint: str) -> Path:
     """Weights lookup order: an explicit path (must exist) > the file shipped in `package`.
 
     Raises:

@@ -22,10 +22,16 @@ IGNORED = ("weights",)
 
 def _diff(prefix: str, old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old) | set(new), key=str)
-    return [f"{prefix}{k}: cached {old.get(k)!r}, this run {new.get(k)!r}" for k in keys if k not in IGNORED and old.get(k) != new.get(k)]
+    return [
+        f"{prefix}{k}: cached {old.get(k)!r}, this run {new.get(k)!r}"
+        for k in keys
+        if k not in IGNORED and old.get(k) != new.get(k)
+    ]
 
 
-def load(path: str | Path, common: dict[str, Any], wanted: dict[str, dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+def load(
+    path: str | Path, common: dict[str, Any], wanted: dict[str, dict[str, Any]]
+) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
     """{metric: (mu, sigma, count)} of the `wanted` metrics cached in `path` (none if the file is absent).
 
     Raises:
@@ -45,15 +51,26 @@ def load(path: str | Path, common: dict[str, Any], wanted: dict[str, dict[str, A
         if name in meta.get("metrics", {}):
             diff += _diff(f"{name}.", meta["metrics"][name]["settings"], settings)
     if diff:
-        raise ValueError(f"--real-stats {path} was computed with other settings ({'; '.join(diff)}); "
-                         "pass another --real-stats file, or delete this one to recompute it")
-    return {name: (arrays[f"{name}.mu"], arrays[f"{name}.sigma"], int(meta["metrics"][name]["count"]))
-            for name in wanted if name in meta.get("metrics", {})}
+        raise ValueError(
+            f"--real-stats {path} was computed with other settings ({'; '.join(diff)}); "
+            "pass another --real-stats file, or delete this one to recompute it"
+        )
+    return {
+        name: (arrays[f"{name}.mu"], arrays[f"{name}.sigma"], int(meta["metrics"][name]["count"]))
+        for name in wanted
+        if name in meta.get("metrics", {})
+    }
 
 
-def save(path: str | Path, common: dict[str, Any], stats: dict[str, tuple[np.ndarray, np.ndarray, int]],
-         settings: dict[str, dict[str, Any]], previous: Optional[dict] = None) -> Path:
-    """Write (atomically) the statistics of `stats`, keeping metrics of an existing file with the same common settings."""
+def save(
+    path: str | Path,
+    common: dict[str, Any],
+    stats: dict[str, tuple[np.ndarray, np.ndarray, int]],
+    settings: dict[str, dict[str, Any]],
+    previous: Optional[dict] = None,
+) -> Path:
+    """Write (atomically) the statistics of `stats`, keeping metrics of an existing file with the
+    same common settings."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {"format": FORMAT, "common": common, "metrics": {}}

@@ -229,9 +229,7 @@ def preprocess_dinov2(frames: Tensor) -> Tensor:
         raise ValueError(f"expected uint8 (N, H, W, 3) frames, got {frames.dtype} {tuple(frames.shape)}")
     arr = frames.cpu().numpy()
     if arr.shape[1:3] != (DINOV2_SIZE, DINOV2_SIZE):
-        arr = np.stack([
-            np.asarray(Image.fromarray(f).resize((DINOV2_SIZE, DINOV2_SIZE), Image.BICUBIC)) for f in arr
-        ])
+        arr = np.stack([np.asarray(Image.fromarray(f).resize((DINOV2_SIZE, DINOV2_SIZE), Image.BICUBIC)) for f in arr])
     x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -242,8 +240,10 @@ def preprocess_dinov2(frames: Tensor) -> Tensor:
 def dinov2_features(model: DinoVisionTransformer, frames: Tensor, batch_size: int = 64) -> Tensor:
     """uint8 (N, H, W, 3) -> float32 (N, D) CLS features, in chunks on the model's device."""
     device = model.cls_token.device
-    out = [model(preprocess_dinov2(frames[i : i + batch_size]).to(device)).float().cpu()
-           for i in range(0, frames.shape[0], batch_size)]
+    out = [
+        model(preprocess_dinov2(frames[i : i + batch_size]).to(device)).float().cpu()
+        for i in range(0, frames.shape[0], batch_size)
+    ]
     return torch.cat(out)
 
 

@@ -46,8 +46,15 @@ def set_items(path: str, num: Optional[int]) -> list:
 
 
 def extract_features(
-    path: str, num: int | None, num_frames: int, extractors: Sequence[FeatureExtractor], batch_size: int,
-    *, spec: Optional[ClipSpec] = None, launch: Optional[Launch] = None, device: Optional[torch.device] = None,
+    path: str,
+    num: int | None,
+    num_frames: int,
+    extractors: Sequence[FeatureExtractor],
+    batch_size: int,
+    *,
+    spec: Optional[ClipSpec] = None,
+    launch: Optional[Launch] = None,
+    device: Optional[torch.device] = None,
 ) -> tuple[Optional[dict[str, np.ndarray]], int]:
     """Decode each selected video once and run every extractor on it, this rank's batches only.
 
@@ -65,8 +72,16 @@ def extract_features(
         clips = [next(stream) for _ in batches[k]]
         feats[k] = {e.name: e.fn(clips).float().numpy() for e in extractors}
         spent = time.time() - t0
-        log.info("%s: rank %d/%d, %d/%d batches (%.1f s, ETA %.0f s)", path, launch.rank, launch.world, n, len(mine),
-                 spent, spent / n * (len(mine) - n))
+        log.info(
+            "%s: rank %d/%d, %d/%d batches (%.1f s, ETA %.0f s)",
+            path,
+            launch.rank,
+            launch.world,
+            n,
+            len(mine),
+            spent,
+            spent / n * (len(mine) - n),
+        )
     parts = launch.gather(feats)
     if parts is None:
         return None, len(items)

@@ -56,7 +56,9 @@ def feature_statistics(features: np.ndarray, name: str = "features") -> tuple[np
         log.warning(
             "%s: %d samples for %d-d features: the covariance is singular and the distance is "
             "strongly biased; compare only numbers computed with the same sample count",
-            name, n, d,
+            name,
+            n,
+            d,
         )
     return feats.mean(axis=0), np.cov(feats, rowvar=False)
 
@@ -81,7 +83,11 @@ def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
 
 
 def frechet_distance(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6,
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
+    eps: float = 1e-6,
     method: str = "sqrtm",
 ) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2).

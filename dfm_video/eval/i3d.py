@@ -67,8 +67,13 @@ class Unit3D(nn.Module):
     """Conv3d ('SAME') + optional bias-only batch norm + optional ReLU. x: (B, C, T, H, W)."""
 
     def __init__(
-        self, cin: int, cout: int, kernel: tuple[int, int, int] = (1, 1, 1),
-        stride: tuple[int, int, int] = (1, 1, 1), batch_norm: bool = True, relu: bool = True,
+        self,
+        cin: int,
+        cout: int,
+        kernel: tuple[int, int, int] = (1, 1, 1),
+        stride: tuple[int, int, int] = (1, 1, 1),
+        batch_norm: bool = True,
+        relu: bool = True,
     ) -> None:
         super().__init__()
         self.kernel, self.stride, self.relu = kernel, stride, relu

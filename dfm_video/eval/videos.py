@@ -67,8 +67,13 @@ def _shard_items(root: Path) -> tuple[list[tuple[Path, int]], list[int]]:
     return items, labels
 
 
-def _decode_shard_clips(items: list[tuple[Path, int]], root: Path, num_frames: int,
-                        device: Optional[torch.device] = None, size: Optional[tuple[int, int]] = None) -> Iterator[Tensor]:
+def _decode_shard_clips(
+    items: list[tuple[Path, int]],
+    root: Path,
+    num_frames: int,
+    device: Optional[torch.device] = None,
+    size: Optional[tuple[int, int]] = None,
+) -> Iterator[Tensor]:
     from dfm_video.autoencoders import load_autoencoder
     from dfm_video.dfm import recompose
     from dfm_video.media import to_uint8
@@ -85,12 +90,12 @@ def _decode_shard_clips(items: list[tuple[Path, int]], root: Path, num_frames: i
         for i, sample in enumerate(schema.iter_samples(shard)):
             if i not in rows:
                 continue
-            latent = recompose([x[None].to(ae.device) for x in sample.levels],
-                               meta.factors, meta.temporal_mode)
+            latent = recompose([x[None].to(ae.device) for x in sample.levels], meta.factors, meta.temporal_mode)
             frames = torch.from_numpy(to_uint8(ae.decode(latent)[0]))
             if frames.shape[0] < num_frames:
                 raise ValueError(
-                    f"{shard}: clip '{sample.key}' has {frames.shape[0]} frames but {num_frames} are needed per clip (--frames)"
+                    f"{shard}: clip '{sample.key}' has {frames.shape[0]} "
+                    f"frames but {num_frames} are needed per clip (--frames)"
                 )
             yield _crop(frames[:num_frames], size)
 
@@ -98,8 +103,10 @@ def _decode_shard_clips(items: list[tuple[Path, int]], root: Path, num_frames: i
 def _check_dir(path: Path) -> None:
     if not path.exists():
         raise ValueError(f"{path}: no such file or directory")
-    if path.is_file() and path.suffix == ".parquet" or (
-        path.is_dir() and not is_shard_dataset(path) and next(path.rglob("*.parquet"), None)
+    if (
+        path.is_file()
+        and path.suffix == ".parquet"
+        or (path.is_dir() and not is_shard_dataset(path) and next(path.rglob("*.parquet"), None))
     ):
         raise ValueError(
             f"{path}: holds *.parquet files but is not a dataset directory (manifest.json + shards/); "
@@ -126,12 +133,16 @@ def list_videos(path: str | Path) -> list[Path]:
     if (root / SAMPLING_RECORD).is_file():
         files = sorted((p for p in root.glob("sample_*") if _is_media(p)), key=_sample_index)
     elif (root / SAMPLES_FILE).is_file():
-        files = sorted((root / Path(p).name for p in json.loads((root / SAMPLES_FILE).read_text())["samples"]),
-                       key=lambda p: p.name)
+        files = sorted(
+            (root / Path(p).name for p in json.loads((root / SAMPLES_FILE).read_text())["samples"]),
+            key=lambda p: p.name,
+        )
     else:
         files = sorted((p for p in root.rglob("*") if _is_media(p)), key=lambda p: p.relative_to(root).as_posix())
     if not files:
-        raise ValueError(f"{root}: no video files ({', '.join(VIDEO_EXTENSIONS)}) or images ({', '.join(IMAGE_EXTENSIONS)}) found")
+        raise ValueError(
+            f"{root}: no video files ({', '.join(VIDEO_EXTENSIONS)}) or images ({', '.join(IMAGE_EXTENSIONS)}) found"
+        )
     return files
 
 
@@ -143,8 +154,9 @@ def _crop(frames: Tensor, size: Optional[tuple[int, int]]) -> Tensor:
     return torch.from_numpy(resize_crop(frames.numpy(), size))
 
 
-def read_video(path: str | Path, num_frames: int, fps: Optional[float] = None,
-               size: Optional[tuple[int, int]] = None) -> Tensor:
+def read_video(
+    path: str | Path, num_frames: int, fps: Optional[float] = None, size: Optional[tuple[int, int]] = None
+) -> Tensor:
     """`num_frames` frames of one video (or a one-frame image) as uint8 (num_frames, H, W, 3), RGB.
 
     Without `fps`: the first `num_frames` decoded frames. With `fps`: the frames nearest to times
@@ -215,12 +227,20 @@ def _draw(items: list, classes: list, num: Optional[int], where: str) -> list:
         counts[c] = counts.get(c, 0) + 1
     if len(counts) > 1 and num > len(counts) * min(counts.values()):
         small = min(counts, key=lambda c: counts[c])
-        log.warning("%s: --num %d over %d classes is not class-balanced: class '%s' has only %d items",
-                    where, num, len(counts), small, counts[small])
+        log.warning(
+            "%s: --num %d over %d classes is not class-balanced: class '%s' has only %d items",
+            where,
+            num,
+            len(counts),
+            small,
+            counts[small],
+        )
     return picked[:num]
 
 
-def iter_items(path: str | Path, items: Sequence, spec: ClipSpec, device: Optional[torch.device] = None) -> Iterator[Tensor]:
+def iter_items(
+    path: str | Path, items: Sequence, spec: ClipSpec, device: Optional[torch.device] = None
+) -> Iterator[Tensor]:
     """Clips of already selected `items` (files, or (shard, row) pairs of a dataset), in order."""
     if items and isinstance(items[0], tuple):
         yield from _decode_shard_clips(list(items), Path(path).expanduser(), spec.num_frames, device, spec.size)
@@ -229,8 +249,14 @@ def iter_items(path: str | Path, items: Sequence, spec: ClipSpec, device: Option
         yield read_video(f, spec.num_frames, spec.fps, spec.size)
 
 
-def iter_videos(path: str | Path, num: int | None, num_frames: int, fps: Optional[float] = None,
-                size: Optional[tuple[int, int]] = None, device: Optional[torch.device] = None) -> Iterator[Tensor]:
+def iter_videos(
+    path: str | Path,
+    num: int | None,
+    num_frames: int,
+    fps: Optional[float] = None,
+    size: Optional[tuple[int, int]] = None,
+    device: Optional[torch.device] = None,
+) -> Iterator[Tensor]:
     """Yield `num` clips (all if None) from an input, each uint8 (num_frames, H, W, 3).
 
     Sizes may differ between videos without `size`; the feature networks resize each one. The

@@ -85,7 +85,11 @@ def patchify(x: Tensor, patch: Sequence[int], temporal_mode: str = "causal") -> 
 
 
 def unpatchify(
-    tokens: Tensor, grid: Sequence[int], patch: Sequence[int], channels: int, temporal_mode: str = "causal",
+    tokens: Tensor,
+    grid: Sequence[int],
+    patch: Sequence[int],
+    channels: int,
+    temporal_mode: str = "causal",
     frames: int | None = None,
 ) -> Tensor:
     """(B, N, C*pt*ph*pw) -> (B, C, T, H, W); inverse of `patchify` (drops causal padding frames).

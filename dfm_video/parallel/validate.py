@@ -36,11 +36,16 @@ def check_sequence_parallel(cfg: Config, world_size: int, latent_shape: Sequence
     if world_size % n:
         raise ValueError(f"{key}={n} must divide the world size {world_size} (ranks form groups of {n})")
     if cfg.model.compile:
-        raise ValueError(f"{key}={n} with model.compile=true is not supported (the all-to-all is not traced); set model.compile=false")
+        raise ValueError(
+            f"{key}={n} with model.compile=true is not supported (the "
+            "all-to-all is not traced); set model.compile=false"
+        )
     if latent_shape is not None:
         patch = stage_patch_sizes(cfg.model.patch_size, cfg.dfm.factors)[-1]
         grid = token_grid(latent_shape, patch, cfg.dfm.temporal_mode)
-        check_tokens(math.prod(grid), n, f"latents {tuple(latent_shape)} with patch {patch} give the token grid {grid} =")
+        check_tokens(
+            math.prod(grid), n, f"latents {tuple(latent_shape)} with patch {patch} give the token grid {grid} ="
+        )
     return n
 
 

@@ -49,7 +49,9 @@ def resolve_codec(codec: Mapping[str, Any], source: Path, override: Optional[str
             "export with `python -m dfm_video.train.export --autoencoder-weights` so the export carries it"
         ) from exc
     if found != codec.get("id"):
-        raise ValueError(f"autoencoder for {source}: {how} '{path}' is '{found}', but the data was encoded with '{codec.get('id')}'")
+        raise ValueError(
+            f"autoencoder for {source}: {how} '{path}' is '{found}', but the data was encoded with '{codec.get('id')}'"
+        )
     codec["path"] = path
     return codec
 

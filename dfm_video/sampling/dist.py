@@ -46,7 +46,9 @@ class Launch:
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"RANK={rank} / WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
         if world > 1 and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
-            raise ValueError(f"WORLD_SIZE={world} but MASTER_ADDR / MASTER_PORT are not set: launch with torchrun or deepspeed")
+            raise ValueError(
+                f"WORLD_SIZE={world} but MASTER_ADDR / MASTER_PORT are not set: launch with torchrun or deepspeed"
+            )
         return cls(rank, world, local)
 
     def device(self, requested: Optional[str]) -> torch.device:

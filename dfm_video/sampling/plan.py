@@ -32,7 +32,11 @@ def balanced_labels(num: int, num_classes: int) -> list[int]:
     elif num % num_classes:
         log.warning(
             "--num-samples %d is not a multiple of %d classes: classes 0..%d get %d samples, the others %d",
-            num, num_classes, num % num_classes - 1, num // num_classes + 1, num // num_classes,
+            num,
+            num_classes,
+            num % num_classes - 1,
+            num // num_classes + 1,
+            num // num_classes,
         )
     return [i % num_classes for i in range(num)]
 
@@ -52,9 +56,14 @@ def labels_from_file(path: str | Path, names: Sequence[str], num_classes: int, n
         elif line.isdigit() and int(line) < num_classes:
             out.append(int(line))
         else:
-            raise ValueError(f"--labels-file {path}:{lineno}: {line!r} is neither a label of this model nor a class id < {num_classes}")
+            raise ValueError(
+                f"--labels-file {path}:{lineno}: {line!r} is neither "
+                f"a label of this model nor a class id < {num_classes}"
+            )
     if len(out) < num:
-        raise ValueError(f"--labels-file {path}: {len(out)} labels but --num-samples {num}: the requested samples are not reachable")
+        raise ValueError(
+            f"--labels-file {path}: {len(out)} labels but --num-samples {num}: the requested samples are not reachable"
+        )
     return out[:num]
 
 

@@ -76,8 +76,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = launch.device(args.device)
     if args.dtype == "bf16" and device.type != "cuda":
         print("note: --dtype bf16 on CPU is slow; it is meant for GPUs", file=sys.stderr)
-    gen = load_generator(args.checkpoint, device, torch.bfloat16 if args.dtype == "bf16" else torch.float32,
-                         autoencoder_path=args.autoencoder_path)
+    gen = load_generator(
+        args.checkpoint,
+        device,
+        torch.bfloat16 if args.dtype == "bf16" else torch.float32,
+        autoencoder_path=args.autoencoder_path,
+    )
     if getattr(args, "bucket", None) is not None:  # a model trained on data.mix: which dataset's shape
         gen = dataclasses.replace(gen, meta=bucket_meta(gen.meta, args.bucket))
     sc = gen.cfg.sample
@@ -95,11 +99,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fps = float(gen.meta.get("fps") or 8.0)
     out = Path(args.out)
     record = {
-        "format": 1, "checkpoint": str(gen.source), "weights_sha256": gen.weights_sha256,
-        "latent_shape": list(gen.meta["latent_shape"]), "autoencoder": gen.meta["autoencoder"].get("id"),
-        "steps": steps, "tau": tau, "cfg_scale": cfg_scale, "cfg_interval": list(interval) if interval else None,
-        "seed": seed, "noise": "per sample, from sha256(seed, index)", "labels": label_mode, "dtype": args.dtype,
-        "batch_size": batch_size, "fps": fps,
+        "format": 1,
+        "checkpoint": str(gen.source),
+        "weights_sha256": gen.weights_sha256,
+        "latent_shape": list(gen.meta["latent_shape"]),
+        "autoencoder": gen.meta["autoencoder"].get("id"),
+        "steps": steps,
+        "tau": tau,
+        "cfg_scale": cfg_scale,
+        "cfg_interval": list(interval) if interval else None,
+        "seed": seed,
+        "noise": "per sample, from sha256(seed, index)",
+        "labels": label_mode,
+        "dtype": args.dtype,
+        "batch_size": batch_size,
+        "fps": fps,
     }
     batches = plan.global_batches(num, batch_size)  # checks --batch-size before any rank talks
     paths = [writer.sample_path(out, i, gen.labels, y[i], image) for i in range(num)]
@@ -120,8 +134,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for k in mine:
             idx = batches[k]
             latents, previews = generate(
-                gen, [y[i] for i in idx], steps=steps, tau=tau, cfg_scale=cfg_scale, cfg_interval=interval, seed=seed,
-                previews=args.previews, indices=idx,
+                gen,
+                [y[i] for i in idx],
+                steps=steps,
+                tau=tau,
+                cfg_scale=cfg_scale,
+                cfg_interval=interval,
+                seed=seed,
+                previews=args.previews,
+                indices=idx,
             )
             video = decode_latents(gen, latents)
             preview_video = {s: decode_latents(gen, lat) for s, lat in previews.items()}
@@ -136,8 +157,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if not args.no_progress:
                 done = sum(len(batches[m]) for m in mine[: mine.index(k) + 1])
                 rate = done / max(time.time() - t0, 1e-9)
-                print(f"[rank {launch.rank}/{launch.world}] {done}/{todo_total} samples, {rate:.3g}/s, "
-                      f"ETA {_eta((todo_total - done) / rate)}", file=sys.stderr, flush=True)
+                print(
+                    f"[rank {launch.rank}/{launch.world}] {done}/{todo_total} samples, {rate:.3g}/s, "
+                    f"ETA {_eta((todo_total - done) / rate)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         total_written, total_batches = launch.sum([written, len(mine)])
     finally:
         launch.stop()
@@ -146,19 +171,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return report
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
-        raise ValueError(f"{len(missing)} of {num} samples missing after the run ({missing[0]}, ...): rerun the same command to finish")
+        raise ValueError(
+            f"{len(missing)} of {num} samples missing after the run "
+            f"({missing[0]}, ...): rerun the same command to finish"
+        )
     first = [_read_back(p) for p in paths[:8]]
     sheet = write_png(out / "contact_sheet.png", contact_sheet(first, scale=max(1, 128 // first[0].shape[1])))
     wanted = {p.name for p in paths}
-    preview_files = sorted(p for p in (out / "previews").glob("stage*") if p.name.split("_", 1)[1] in wanted) if args.previews else []
-    report.update({
-        "samples": [str(p) for p in paths], "contact_sheet": str(sheet), "previews": [str(p) for p in preview_files],
-        "labels": [gen.labels[i] if i < len(gen.labels) else None for i in y],
-        "num_samples": num, "written": total_written, "skipped": num - total_written, "resumed": resumed,
-        "world_size": launch.world, "batch_size": batch_size, "batches_run": total_batches,
-        "frames": int(first[0].shape[0]), "size": [int(first[0].shape[1]), int(first[0].shape[2])], "fps": fps,
-        "steps": steps, "tau": tau, "cfg_scale": cfg_scale, "cfg_interval": list(interval) if interval else None, "seed": seed,
-        "nfe": count_nfe(sampling_schedule(steps, tau), cfg_scale, interval),  # guidance interval counted
-    })
+    preview_files = (
+        sorted(p for p in (out / "previews").glob("stage*") if p.name.split("_", 1)[1] in wanted)
+        if args.previews
+        else []
+    )
+    report.update(
+        {
+            "samples": [str(p) for p in paths],
+            "contact_sheet": str(sheet),
+            "previews": [str(p) for p in preview_files],
+            "labels": [gen.labels[i] if i < len(gen.labels) else None for i in y],
+            "num_samples": num,
+            "written": total_written,
+            "skipped": num - total_written,
+            "resumed": resumed,
+            "world_size": launch.world,
+            "batch_size": batch_size,
+            "batches_run": total_batches,
+            "frames": int(first[0].shape[0]),
+            "size": [int(first[0].shape[1]), int(first[0].shape[2])],
+            "fps": fps,
+            "steps": steps,
+            "tau": tau,
+            "cfg_scale": cfg_scale,
+            "cfg_interval": list(interval) if interval else None,
+            "seed": seed,
+            "nfe": count_nfe(sampling_schedule(steps, tau), cfg_scale, interval),  # guidance interval counted
+        }
+    )
     (out / writer.REPORT).write_text(json.dumps(report, indent=2))
     return report

@@ -22,8 +22,19 @@ REPORT = "samples.json"
 PREFIX = "sample_"
 #: Settings that change what a sample index means; the rest of the record is informational (the batch
 #: size too: on CPU in fp32 it changes no bit, measured; on GPUs it may change last bits, not the distribution).
-COMPARED = ("weights_sha256", "latent_shape", "autoencoder", "steps", "tau", "cfg_scale", "cfg_interval",
-            "seed", "noise", "labels", "dtype")
+COMPARED = (
+    "weights_sha256",
+    "latent_shape",
+    "autoencoder",
+    "steps",
+    "tau",
+    "cfg_scale",
+    "cfg_interval",
+    "seed",
+    "noise",
+    "labels",
+    "dtype",
+)
 
 
 def label_tag(names: Sequence[str], y: int) -> str:
@@ -36,7 +47,8 @@ def sample_path(out: Path, index: int, names: Sequence[str], y: int, image: bool
 
 
 def write_sample(path: Path, frames: np.ndarray, fps: float) -> Path:
-    """(T, H, W, 3) uint8 -> mp4, or PNG (`path` ends in .png: T must be 1); both land under their final name in one rename."""
+    """(T, H, W, 3) uint8 -> mp4, or PNG (`path` ends in .png: T must be 1); both land under their
+    final name in one rename."""
     if path.suffix == ".png":
         if frames.shape[0] != 1:
             raise ValueError(f"{path}: a PNG holds one frame, the sample has {frames.shape[0]}")
@@ -70,8 +82,10 @@ def claim_folder(out: Path, record: dict[str, Any]) -> bool:
         return True
     strays = sorted(p.name for p in out.iterdir() if p.name.startswith(PREFIX))
     if strays:
-        raise ValueError(f"--out {out} holds {len(strays)} sample files ({strays[0]}, ...) but no {RECORD}: "
-                         "their settings are unknown; use an empty folder")
+        raise ValueError(
+            f"--out {out} holds {len(strays)} sample files ({strays[0]}, ...) but no {RECORD}: "
+            "their settings are unknown; use an empty folder"
+        )
     tmp = out / f".{RECORD}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, path)

@@ -155,7 +155,9 @@ def save_checkpoint(engine: Any, root: Path, step: int, meta: dict, ema: Any, ke
     del ema_full
     _barrier()
     if rank == 0:
-        hook = os.environ.get("DFM_TEST_SAVE_PAUSE", "")  # test hook "STEP:SECONDS": a window to SIGKILL a save in flight
+        hook = os.environ.get(
+            "DFM_TEST_SAVE_PAUSE", ""
+        )  # test hook "STEP:SECONDS": a window to SIGKILL a save in flight
         if hook and int(hook.split(":")[0]) == step:
             time.sleep(float(hook.split(":")[1]))
         _fsync_tree(partial)
@@ -182,7 +184,9 @@ def read_meta(path: Path) -> dict:
     try:
         meta = json.loads((path / META).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"checkpoint {path}: cannot read {META} ({exc}); was it written by this version of dfm-video?") from exc
+        raise ValueError(
+            f"checkpoint {path}: cannot read {META} ({exc}); was it written by this version of dfm-video?"
+        ) from exc
     for key in ("step", "samples_consumed", "world_size", "zero_stage", "config", "dataset_meta"):
         if key not in meta:
             raise ValueError(f"checkpoint {path}: {META} lacks {key!r}")

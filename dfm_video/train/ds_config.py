@@ -25,15 +25,40 @@ def gradient_accumulation_steps(cfg: Config, world_size: int) -> int:
 # Keys the typed config owns: an override may not set them (one source of truth for batch sizes,
 # ZeRO stage, precision and clipping).
 OWNED_KEYS = (
-    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping",
-    "bf16", "fp16", "optimizer", "scheduler", "zero_optimization.stage", "zero_optimization.offload_optimizer",
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "gradient_clipping",
+    "bf16",
+    "fp16",
+    "optimizer",
+    "scheduler",
+    "zero_optimization.stage",
+    "zero_optimization.offload_optimizer",
 )
 # Top-level DeepSpeed sections a user may add or tune through distributed.deepspeed_overrides.
 OVERRIDABLE = (
-    "zero_optimization", "data_types", "communication_data_type", "seq_parallel_communication_data_type",
-    "prescale_gradients", "gradient_predivide_factor", "steps_per_print", "wall_clock_breakdown", "memory_breakdown",
-    "tensorboard", "wandb", "csv_monitor", "comet", "comms_logger", "flops_profiler", "timers", "activation_checkpointing",
-    "aio", "checkpoint", "compile", "dump_state",
+    "zero_optimization",
+    "data_types",
+    "communication_data_type",
+    "seq_parallel_communication_data_type",
+    "prescale_gradients",
+    "gradient_predivide_factor",
+    "steps_per_print",
+    "wall_clock_breakdown",
+    "memory_breakdown",
+    "tensorboard",
+    "wandb",
+    "csv_monitor",
+    "comet",
+    "comms_logger",
+    "flops_profiler",
+    "timers",
+    "activation_checkpointing",
+    "aio",
+    "checkpoint",
+    "compile",
+    "dump_state",
 )
 # Buckets (elements) for ZeRO-2/3 reductions and gathers. DeepSpeed's defaults are 5e8 elements;
 # 2e8 keeps the bucket buffers (x2 with overlap_comm, in fp32 with fp32 accumulation: ~1.6 GB each
@@ -95,10 +120,15 @@ def merge_overrides(conf: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         raise ValueError(f"distributed.deepspeed_overrides must be a mapping, got {overrides!r}")
     for key in _dotted(overrides):
         if any(key == k or key.startswith(k + ".") for k in OWNED_KEYS):
-            raise ValueError(f"distributed.deepspeed_overrides.{key} is set from the typed config; change the dfm-video key instead")
+            raise ValueError(
+                f"distributed.deepspeed_overrides.{key} is set from the typed config; change the dfm-video key instead"
+            )
     unknown = sorted(k for k in overrides if k not in OVERRIDABLE)
     if unknown:
-        raise ValueError(f"distributed.deepspeed_overrides: unknown or unsupported DeepSpeed key(s) {unknown} (allowed: {', '.join(OVERRIDABLE)})")
+        raise ValueError(
+            "distributed.deepspeed_overrides: unknown or unsupported "
+            f"DeepSpeed key(s) {unknown} (allowed: {', '.join(OVERRIDABLE)})"
+        )
     merged = _deep_merge(conf, overrides)
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig  # pydantic model; forbids unknown keys
 

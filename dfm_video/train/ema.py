@@ -75,7 +75,10 @@ class EMA:
             full = tensors[name]
             if _is_partitioned(p):
                 if tuple(full.shape) != tuple(p.ds_shape):
-                    raise ValueError(f"EMA tensor {name}: shape {tuple(full.shape)} in the checkpoint, {tuple(p.ds_shape)} in the model")
+                    raise ValueError(
+                        f"EMA tensor {name}: shape {tuple(full.shape)} in "
+                        f"the checkpoint, {tuple(p.ds_shape)} in the model"
+                    )
                 n = s.numel()  # this rank's partition, padded at the end of the last rank
                 flat = full.flatten().float()
                 flat = torch.cat([flat, flat.new_zeros(n * dist.get_world_size() - flat.numel())])
@@ -83,7 +86,9 @@ class EMA:
                 shadow.append(part.to(s.device).clone())
             else:
                 if full.shape != s.shape:
-                    raise ValueError(f"EMA tensor {name}: shape {tuple(full.shape)} in the checkpoint, {tuple(s.shape)} in the model")
+                    raise ValueError(
+                        f"EMA tensor {name}: shape {tuple(full.shape)} in the checkpoint, {tuple(s.shape)} in the model"
+                    )
                 shadow.append(full.to(device=s.device, dtype=torch.float32).clone())
         self.shadow = shadow
 

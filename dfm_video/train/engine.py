@@ -57,5 +57,7 @@ def create_engine(
     `mpu`: the sequence-parallel groups (dfm_video.parallel.groups) or None.
     """
     deepspeed = import_deepspeed()
-    engine, _, _, sched = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, mpu=mpu)
+    engine, _, _, sched = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, mpu=mpu
+    )
     return engine, sched

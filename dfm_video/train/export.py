@@ -61,8 +61,14 @@ def bundle_autoencoder(codec: dict[str, Any], out_dir: Path, what: str) -> Optio
     return dst
 
 
-def export_weights(weights: dict[str, torch.Tensor], cfg: Config, dataset_meta: dict[str, Any], out_dir: Path, step: int,
-                   autoencoder: str = "config") -> Path:
+def export_weights(
+    weights: dict[str, torch.Tensor],
+    cfg: Config,
+    dataset_meta: dict[str, Any],
+    out_dir: Path,
+    step: int,
+    autoencoder: str = "config",
+) -> Path:
     """Write the export atomically (into a temp folder renamed at the end); `autoencoder`: what of
     the codec to carry along (none / config / weights, see `bundle_autoencoder`)."""
     out_dir = Path(out_dir)
@@ -104,7 +110,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dfm_video.train.export", description=main.__doc__)
     p.add_argument("--checkpoint", required=True, help="run directory, export folder or DeepSpeed checkpoint folder")
     p.add_argument("--out", required=True, help="new export folder")
-    p.add_argument("--autoencoder-weights", action="store_true", help="copy the whole autoencoder folder, not only its config")
+    p.add_argument(
+        "--autoencoder-weights", action="store_true", help="copy the whole autoencoder folder, not only its config"
+    )
     p.add_argument("--autoencoder-path", default=None, help="where the autoencoder is, if not at its recorded path")
     args = p.parse_args(argv)
     from dfm_video.sample import load_generator  # the sampler's loader: the export is checked by loading it
@@ -112,13 +120,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         gen = load_generator(args.checkpoint, "cpu", torch.float32, autoencoder_path=args.autoencoder_path)
         step = int(load_file_metadata(gen.source).get("step", 0))
-        out = export_weights(gen.model.state_dict(), gen.cfg, gen.meta, Path(args.out), step,
-                             autoencoder="weights" if args.autoencoder_weights else "config")
+        out = export_weights(
+            gen.model.state_dict(),
+            gen.cfg,
+            gen.meta,
+            Path(args.out),
+            step,
+            autoencoder="weights" if args.autoencoder_weights else "config",
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"exported {gen.source} to {out} (weights sha256 {gen.weights_sha256[:12]}, "
-          f"autoencoder {'weights' if args.autoencoder_weights else 'config'} included)")
+    print(
+        f"exported {gen.source} to {out} (weights sha256 {gen.weights_sha256[:12]}, "
+        f"autoencoder {'weights' if args.autoencoder_weights else 'config'} included)"
+    )
     return 0
 
 

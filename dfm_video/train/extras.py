@@ -34,7 +34,9 @@ def check_extras(cfg: Config, source: str = "config") -> None:
 
 
 class RunExtras:
-    def __init__(self, cfg: Config, rank: int, out_dir: str | Path, meta: dict, device: torch.device, tb: Any, start_step: int) -> None:
+    def __init__(
+        self, cfg: Config, rank: int, out_dir: str | Path, meta: dict, device: torch.device, tb: Any, start_step: int
+    ) -> None:
         self.cfg, self.rank, self.out_dir = cfg, rank, Path(out_dir)
         self.progress = TrainProgress(cfg.train.steps, start_step, rank, cfg.train.progress)
         self.wandb = WandbLogger(cfg, rank, self.out_dir)

@@ -45,8 +45,16 @@ def add_tensorboard_video(tb: Any, tag: str, frames: np.ndarray, step: int, fps:
 
 
 class InTrainingSampler:
-    def __init__(self, cfg: Config, rank: int, out_dir: str | Path, meta: dict, device: torch.device,
-                 tb: Any = None, wandb: Any = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        rank: int,
+        out_dir: str | Path,
+        meta: dict,
+        device: torch.device,
+        tb: Any = None,
+        wandb: Any = None,
+    ) -> None:
         self.cfg, self.rank, self.meta, self.device = cfg, rank, meta, device
         self.out_dir = Path(out_dir) / "samples"
         self.tb, self.wandb = tb, wandb
@@ -70,8 +78,15 @@ class InTrainingSampler:
         model.to(self.device).eval()
         gen = Generator(model=model, cfg=self.cfg, meta=self.meta, source=self.out_dir)
         sc = self.cfg.sample
-        latents, _ = generate(gen, self.y, steps=list(sc.steps), tau=sc.tau, cfg_scale=sc.cfg_scale,
-                              cfg_interval=sc.cfg_interval, seed=sc.seed)
+        latents, _ = generate(
+            gen,
+            self.y,
+            steps=list(sc.steps),
+            tau=sc.tau,
+            cfg_scale=sc.cfg_scale,
+            cfg_interval=sc.cfg_interval,
+            seed=sc.seed,
+        )
         video = decode_latents(gen, latents).cpu()
         paths = write_outputs(gen, video, self.y, self.out_dir / f"step_{step:08d}")
         fps = float(self.meta.get("fps") or 8.0)

@@ -32,7 +32,9 @@ class MetricAccumulator:
         self.data_wait = 0.0
         self.started = time.perf_counter()
 
-    def add(self, loss: torch.Tensor, per_stage: torch.Tensor, count: torch.Tensor, samples: int, data_wait: float) -> None:
+    def add(
+        self, loss: torch.Tensor, per_stage: torch.Tensor, count: torch.Tensor, samples: int, data_wait: float
+    ) -> None:
         self.loss += loss.detach().double()
         self.stage_loss += (per_stage.detach() * count.detach()).double()
         self.stage_count += count.detach().double()
@@ -48,7 +50,11 @@ class MetricAccumulator:
                 self.loss.view(1),
                 self.stage_loss,
                 self.stage_count,
-                torch.tensor([float(self.micro_steps), float(self.samples), self.data_wait], device=self.device, dtype=torch.float64),
+                torch.tensor(
+                    [float(self.micro_steps), float(self.samples), self.data_wait],
+                    device=self.device,
+                    dtype=torch.float64,
+                ),
             ]
         )
         world = 1
@@ -91,7 +97,16 @@ class MetricWriter:
         if self.jsonl is not None:
             self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
             self.jsonl.flush()
-        keys = ["loss/total", "grad_norm", "lr", "perf/samples_per_s", "perf/tokens_per_s", "time/data_wait(%)", "perf/mfu(%)", "mem/peak_gib"]
+        keys = [
+            "loss/total",
+            "grad_norm",
+            "lr",
+            "perf/samples_per_s",
+            "perf/tokens_per_s",
+            "time/data_wait(%)",
+            "perf/mfu(%)",
+            "mem/peak_gib",
+        ]
         parts = [f"step {step}"] + [f"{k} {metrics[k]:.4g}" for k in keys if k in metrics]
         parts += [f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("loss/stage")]
         tqdm.write(" | ".join(parts))  # keeps the rank-0 progress bar intact

@@ -14,7 +14,15 @@ from typing import Mapping, Sequence
 
 from PIL import Image, ImageDraw
 
-_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75), (23, 190, 207)]
+_COLOURS = [
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (255, 127, 14),
+    (148, 103, 189),
+    (140, 86, 75),
+    (23, 190, 207),
+]
 
 
 def read_series(jsonl: str | Path, prefix: str = "loss/") -> dict[str, list[tuple[int, float]]]:
@@ -42,8 +50,13 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
-def plot_losses(runs: Mapping[str, str | Path], out: str | Path, keys: Sequence[str] | None = None,
-                size: tuple[int, int] = (720, 420), title: str = "training loss") -> Path:
+def plot_losses(
+    runs: Mapping[str, str | Path],
+    out: str | Path,
+    keys: Sequence[str] | None = None,
+    size: tuple[int, int] = (720, 420),
+    title: str = "training loss",
+) -> Path:
     """Write a PNG of the loss series of every run; `keys` limits which metrics (default: all loss/*)."""
     curves = []
     for run, path in runs.items():

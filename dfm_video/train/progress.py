@@ -23,8 +23,14 @@ class TrainProgress:
         self.tty = sys.stdout.isatty()
         self.total, self.start, self.done, self.t0 = total, start, 0, time.perf_counter()
         self.bar = tqdm(
-            total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, file=sys.stdout,
-            disable=not (self.active and self.tty), mininterval=0.5,
+            total=total,
+            initial=start,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stdout,
+            disable=not (self.active and self.tty),
+            mininterval=0.5,
         )
 
     def step(self) -> None:

@@ -45,8 +45,14 @@ def with_fingerprint(cfg_dict: dict, fingerprint: str) -> dict:
 
 
 def plan_start(
-    cfg_dict: dict, fingerprint: str, resume: str, out_dir: Path, world_size: int, zero_stage: int,
-    overwrite: bool = False, allow_change: Sequence[str] = (),
+    cfg_dict: dict,
+    fingerprint: str,
+    resume: str,
+    out_dir: Path,
+    world_size: int,
+    zero_stage: int,
+    overwrite: bool = False,
+    allow_change: Sequence[str] = (),
 ) -> StartPlan:
     """Decide where to start; ValueError (before any process group) for every refused case."""
     ckpt_root = out_dir / "checkpoints"
@@ -54,7 +60,8 @@ def plan_start(
         used = has_run_artifacts(out_dir)
         if used and not overwrite:
             raise ValueError(
-                f"train.output_dir={out_dir} already holds a run ({', '.join(used)}); --resume none would mix two runs there. "
+                f"train.output_dir={out_dir} already holds a run "
+                f"({', '.join(used)}); --resume none would mix two runs there. "
                 "Resume it (--resume auto), pick another train.output_dir, or pass --overwrite to delete it"
             )
         return StartPlan(clear_first=bool(used))
@@ -72,8 +79,10 @@ def plan_start(
         # Measured with DeepSpeed 0.19.8: a universal checkpoint of a ZeRO-3 run does not load under
         # ZeRO-2 (the loader looks for model-states files the other stage names differently).
         raise ValueError(
-            f"checkpoint {path} was written under ZeRO-{meta['zero_stage']}, this run uses distributed.zero_stage={zero_stage}: "
-            f"changing the ZeRO stage on resume is not supported; resume with distributed.zero_stage={meta['zero_stage']} "
+            f"checkpoint {path} was written under ZeRO-{meta['zero_stage']}, "
+            f"this run uses distributed.zero_stage={zero_stage}: "
+            "changing the ZeRO stage on resume is not supported; "
+            f"resume with distributed.zero_stage={meta['zero_stage']} "
             "(the world size may change)"
         )
     changes = compare_configs(
@@ -97,7 +106,9 @@ def _tags(root: Path) -> list[str]:
 HYPERPARAMETERS = ("weight_decay", "betas", "eps")  # per group, set from the config at start
 
 
-def restore(plan: StartPlan, engine: Any, ema: Any, optimizer: Any, scheduler: Any, ckpt_root: Path, lr: float, rank: int) -> tuple[int, int]:
+def restore(
+    plan: StartPlan, engine: Any, ema: Any, optimizer: Any, scheduler: Any, ckpt_root: Path, lr: float, rank: int
+) -> tuple[int, int]:
     """Load the planned checkpoint into engine, EMA and scheduler; returns (step, samples consumed)."""
     path = plan.checkpoint
     assert path is not None
@@ -110,21 +121,28 @@ def restore(plan: StartPlan, engine: Any, ema: Any, optimizer: Any, scheduler: A
         dst = universal_path(ckpt_root, path.name)
         error: Optional[Exception] = None
         if rank == 0:
-            print(f"converting {path} (world size {plan.meta['world_size']}, ZeRO-{plan.meta['zero_stage']}) "
-                  "to a universal checkpoint", flush=True)
+            print(
+                f"converting {path} (world size {plan.meta['world_size']}, ZeRO-{plan.meta['zero_stage']}) "
+                "to a universal checkpoint",
+                flush=True,
+            )
             try:
                 convert_to_universal(path, dst, int(plan.meta["zero_stage"]))
             except Exception as exc:  # every rank must learn of it, or the others wait forever
                 error = exc
         if not all_ranks_ok(error is None):
-            raise error if error is not None else ValueError(f"rank 0 could not convert {path} to a universal checkpoint")
+            raise (
+                error if error is not None else ValueError(f"rank 0 could not convert {path} to a universal checkpoint")
+            )
         load_engine_state(engine, dst.parent, dst.name)
     else:
         load_engine_state(engine, path.parent, path.name)
     ema.load_full(read_ema(path))
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
     if len(inner.param_groups) != len(settings):
-        raise ValueError(f"{path}: the optimizer has {len(settings)} parameter groups, the checkpoint {len(inner.param_groups)}")
+        raise ValueError(
+            f"{path}: the optimizer has {len(settings)} parameter groups, the checkpoint {len(inner.param_groups)}"
+        )
     for group, keep in zip(inner.param_groups, settings):
         group.update(keep)
     apply_optim_changes(optimizer, scheduler, lr)

@@ -23,19 +23,51 @@ from typing import Any, Iterable
 
 import yaml
 
-CORRUPTING = ("model.", "dfm.", "data.shards", "data.mix", "data.shuffle", "data.fingerprint", "distributed.global_batch_size", "train.seed")
+CORRUPTING = (
+    "model.",
+    "dfm.",
+    "data.shards",
+    "data.mix",
+    "data.shuffle",
+    "data.fingerprint",
+    "distributed.global_batch_size",
+    "train.seed",
+)
 HARMLESS = (
-    "name", "train.steps", "train.log_every", "train.ckpt_every", "train.ckpt_every_minutes", "train.keep_last",
-    "train.tensorboard", "train.output_dir", "train.max_nonfinite", "train.peak_tflops", "train.measured_peak_tflops", "data.num_workers",
-    "distributed.micro_batch_size", "distributed.backend", "distributed.offload_optimizer",
-    "distributed.deepspeed_overrides", "sample.",
+    "name",
+    "train.steps",
+    "train.log_every",
+    "train.ckpt_every",
+    "train.ckpt_every_minutes",
+    "train.keep_last",
+    "train.tensorboard",
+    "train.output_dir",
+    "train.max_nonfinite",
+    "train.peak_tflops",
+    "train.measured_peak_tflops",
+    "data.num_workers",
+    "distributed.micro_batch_size",
+    "distributed.backend",
+    "distributed.offload_optimizer",
+    "distributed.deepspeed_overrides",
+    "sample.",
     # the same math on another layout (tests/test_sequence_parallel.py: equal losses and gradients)
     "distributed.sequence_parallel",
-    "train.progress", "train.sample_every", "train.sample_count", "train.wandb", "train.wandb_project", "train.wandb_mode",
+    "train.progress",
+    "train.sample_every",
+    "train.sample_count",
+    "train.wandb",
+    "train.wandb_project",
+    "train.wandb_mode",
     "preprocess.",  # read by data_pipeline only; the shards themselves are fingerprinted
 )
 DELIBERATE = (
-    "optim.lr", "optim.warmup_steps", "optim.schedule", "optim.min_lr_ratio", "optim.grad_clip", "train.ema_decay",
+    "optim.lr",
+    "optim.warmup_steps",
+    "optim.schedule",
+    "optim.min_lr_ratio",
+    "optim.grad_clip",
+    "train.ema_decay",
     "distributed.precision",
 )
 RUN_ARTIFACTS = ("checkpoints", "metrics.jsonl", "tensorboard", "export", "config_history", "config.yaml")
@@ -97,7 +129,9 @@ def compare_configs(old: dict, new: dict, allow: Iterable[str] = (), source: str
         elif kind == "unknown":
             refused.append(f"{line} (not known to be safe: pass --allow-change {key} if it is)")
         else:
-            refused.append(f"{line} (would corrupt the run: the weights, data position or random stream no longer match)")
+            refused.append(
+                f"{line} (would corrupt the run: the weights, data position or random stream no longer match)"
+            )
     if refused:
         raise ValueError(f"the config differs from {source}:\n  " + "\n  ".join(refused))
     return accepted

@@ -40,16 +40,29 @@ def dump(engine: Any, ema: Any, scheduler: Any, path: Path, rank: int) -> None:
     if rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-        path.with_suffix(".json").write_text(json.dumps({"lr": scheduler.get_last_lr(), "param_groups": param_group_settings(engine),
-                                                           "adam_steps": adam_steps(engine)}))
+        path.with_suffix(".json").write_text(
+            json.dumps(
+                {
+                    "lr": scheduler.get_last_lr(),
+                    "param_groups": param_group_settings(engine),
+                    "adam_steps": adam_steps(engine),
+                }
+            )
+        )
 
 
 def param_group_settings(engine: Any) -> list[dict[str, Any]]:
     """Every optimizer param group's hyperparameters (weight decay, betas, ...) without the tensors:
     a resume must restore them too (the weight-decay groups differ)."""
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO wraps the client AdamW
-    return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params" and not torch.is_tensor(v)
-             and isinstance(v, (int, float, bool, str, tuple, type(None)))} for g in inner.param_groups]
+    return [
+        {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in g.items()
+            if k != "params" and not torch.is_tensor(v) and isinstance(v, (int, float, bool, str, tuple, type(None)))
+        }
+        for g in inner.param_groups
+    ]
 
 
 def adam_steps(engine: Any) -> list[float]:

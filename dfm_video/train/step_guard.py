@@ -56,7 +56,11 @@ class NonFiniteSteps:
         self.total += 1
         if self.rank == 0:
             why = "loss" if loss_was_nonfinite else "gradients"
-            print(f"warning: non-finite {why} at step {step}: optimizer step skipped ({self.total} so far)", file=sys.stderr, flush=True)
+            print(
+                f"warning: non-finite {why} at step {step}: optimizer step skipped ({self.total} so far)",
+                file=sys.stderr,
+                flush=True,
+            )
         if self.run >= self.max_consecutive:
             raise NonFiniteLossError(
                 f"stopping at step {step}: {self.run} consecutive skipped steps with non-finite loss or gradients "

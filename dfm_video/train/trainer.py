@@ -33,14 +33,14 @@ from dfm_video.train.checkpoint import save_checkpoint
 from dfm_video.train.ds_config import build_deepspeed_config, gradient_accumulation_steps
 from dfm_video.train.ema import EMA
 from dfm_video.train.engine import create_engine, init_distributed
-from dfm_video.train.extras import RunExtras, check_extras
 from dfm_video.train.export import export_weights
+from dfm_video.train.extras import RunExtras, check_extras
 from dfm_video.train.lr_schedule import lr_multiplier
 from dfm_video.train.metrics import MetricAccumulator, MetricWriter
+from dfm_video.train.param_groups import param_groups
 from dfm_video.train.resume import check_shared_run_dir, plan_start, restore
 from dfm_video.train.resume_guard import clear_run, data_fingerprint, record_config
 from dfm_video.train.step_guard import CheckpointTrigger, FaultInjection, NonFiniteLossError, NonFiniteSteps, all_finite
-from dfm_video.train.param_groups import param_groups
 
 __all__ = ["NonFiniteLossError", "train"]
 
@@ -74,8 +74,14 @@ def train(
     fingerprint = data_fingerprint(data.dataset_meta(), len(data.dataset))
     # Resume decisions and config comparison also come before any process group (clean errors).
     plan = plan_start(
-        cfg_dict, fingerprint, resume, out_dir, int(os.environ.get("WORLD_SIZE", "1")), cfg.distributed.zero_stage,
-        overwrite=overwrite, allow_change=allow_change,
+        cfg_dict,
+        fingerprint,
+        resume,
+        out_dir,
+        int(os.environ.get("WORLD_SIZE", "1")),
+        cfg.distributed.zero_stage,
+        overwrite=overwrite,
+        allow_change=allow_change,
     )
     info = init_distributed(cfg.distributed.backend)
     rank, world, device = info.rank, info.world_size, info.device
@@ -93,7 +99,11 @@ def train(
     model = build_model(cfg.model, cfg.dfm)
     groups = setup_parallel(cfg, model)  # N > 1: hooks the model to process 1/N of the tokens
     optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay
+        param_groups(model, cfg.optim.weight_decay),
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg.optim, cfg.train.steps))
     ds_config = sequence_parallel_ds_config(build_deepspeed_config(cfg, dp_size), sp)
@@ -117,10 +127,14 @@ def train(
     batches = data.batches(rank=dp_rank, world_size=dp_size, start=consumed, device=device)
     params = TimestepParams.from_config(cfg.dfm)
     metrics = MetricAccumulator(cfg.dfm.num_stages, device)
-    writer = MetricWriter(str(out_dir / "tensorboard") if cfg.train.tensorboard else None, rank, str(out_dir / "metrics.jsonl"))
+    writer = MetricWriter(
+        str(out_dir / "tensorboard") if cfg.train.tensorboard else None, rank, str(out_dir / "metrics.jsonl")
+    )
     flops_per_sample = training_flops(cfg.model, cfg.dfm, data.latent_shape)
     tokens_per_sample = math.prod(
-        token_grid(data.latent_shape, stage_patch_sizes(cfg.model.patch_size, cfg.dfm.factors)[-1], cfg.dfm.temporal_mode)
+        token_grid(
+            data.latent_shape, stage_patch_sizes(cfg.model.patch_size, cfg.dfm.factors)[-1], cfg.dfm.temporal_mode
+        )
     )
     micro_per_step = dp_size * cfg.distributed.micro_batch_size
     faults = FaultInjection(fail_at_step, fail_times, fail_grad_at_step)
@@ -133,9 +147,16 @@ def train(
 
     def checkpoint_meta() -> dict:
         return {
-            "step": step, "samples_consumed": consumed, "world_size": world, "zero_stage": cfg.distributed.zero_stage,
-            "precision": cfg.distributed.precision, "config": cfg_dict, "dataset_meta": data.dataset_meta(),
-            "data_fingerprint": fingerprint, "lr": scheduler.get_last_lr()[0], "nonfinite_skipped": nonfinite.total,
+            "step": step,
+            "samples_consumed": consumed,
+            "world_size": world,
+            "zero_stage": cfg.distributed.zero_stage,
+            "precision": cfg.distributed.precision,
+            "config": cfg_dict,
+            "dataset_meta": data.dataset_meta(),
+            "data_fingerprint": fingerprint,
+            "lr": scheduler.get_last_lr()[0],
+            "nonfinite_skipped": nonfinite.total,
         }
 
     engine.train()
@@ -147,10 +168,18 @@ def train(
             wait = time.perf_counter() - t0
             # Per-sample random streams keyed by the global sample position: the same draws whatever
             # the world size and micro batch, so a resume on another world size continues the same run.
-            gens = sample_generators(cfg.train.seed, consumed + dp_rank * cfg.distributed.micro_batch_size, labels.shape[0], device)
+            gens = sample_generators(
+                cfg.train.seed, consumed + dp_rank * cfg.distributed.micro_batch_size, labels.shape[0], device
+            )
             consumed += micro_per_step
             out = dfm_objective(
-                velocity, levels, labels, params, class_dropout=cfg.model.class_dropout, null_class=engine.module.null_class, generator=gens
+                velocity,
+                levels,
+                labels,
+                params,
+                class_dropout=cfg.model.class_dropout,
+                null_class=engine.module.null_class,
+                generator=gens,
             )
             loss = faults.loss(step + 1, out.loss)
             finite = all_finite(loss)

@@ -35,7 +35,15 @@ def convert_to_universal(src: Path, dst: Path, zero_stage: int, timeout_s: float
     shutil.rmtree(partial, ignore_errors=True)
     shutil.rmtree(dst, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(src), "--output_folder", str(partial)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        str(src),
+        "--output_folder",
+        str(partial),
+    ]
     if zero_stage <= 2:
         # ZeRO 1-2 checkpoints of a plain module lack the universal_checkpoint_info the converter
         # requires; the converter can add it (measured: weights and moments then load exactly).

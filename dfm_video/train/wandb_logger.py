@@ -43,8 +43,13 @@ class WandbLogger:
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id + "\n")
         self.run = wandb.init(
-            project=cfg.train.wandb_project, name=cfg.name, id=run_id, resume="allow", dir=str(out_dir),
-            mode=cfg.train.wandb_mode, config=config_to_dict(cfg),
+            project=cfg.train.wandb_project,
+            name=cfg.name,
+            id=run_id,
+            resume="allow",
+            dir=str(out_dir),
+            mode=cfg.train.wandb_mode,
+            config=config_to_dict(cfg),
         )
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
