@@ -144,7 +144,8 @@ def _sync(device: torch.device) -> None:
 
 def round_trip(v: Variant, k: int, workdir: Path) -> tuple[list[list[Any]], bool]:
     """save -> step -> load -> same step: exact state equality and loss agreement; rows for the table."""
-    from dfm_video.train.checkpoint import load_engine_state, read_ema, save_checkpoint, tag_for
+    from dfm_video.checkpoints import read_ema, tag_for
+    from dfm_video.train.checkpoint import load_engine_state, save_checkpoint
     from dfm_video.train.state_dump import full_state
 
     root = workdir / "checkpoints"

@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
+from dfm_video.checkpoints import latest_tag, load_export, read_checkpoint_weights
 from dfm_video.config import Config, config_from_dict, validate
 from dfm_video.console import configure_output
 from dfm_video.dfm import LevelStats, destandardize, euler_sample, level_shapes, recompose, sampling_schedule
@@ -32,8 +33,6 @@ from dfm_video.media import to_uint8, write_mp4, write_png
 from dfm_video.models import DiT3D, build_model
 from dfm_video.sampling.codec import codec_for, resolve_codec, weights_digest
 from dfm_video.sampling.plan import sample_noise
-from dfm_video.train.checkpoint import latest_tag, read_checkpoint_weights
-from dfm_video.train.export import load_export
 from dfm_video.weights import check_state_dict
 
 

@@ -11,17 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from dfm_video.checkpoints import complete_tags, latest_tag, read_checkpoint_weights, read_ema, read_meta, tag_for
 from dfm_video.config import config_to_dict, load_config
-from dfm_video.train.checkpoint import (
-    complete_tags,
-    latest_tag,
-    prune,
-    read_checkpoint_weights,
-    read_ema,
-    read_meta,
-    remove_dir,
-    tag_for,
-)
+from dfm_video.train.checkpoint import prune, remove_dir
 from dfm_video.train.ds_config import build_deepspeed_config
 from dfm_video.train.resume import plan_start
 from dfm_video.train.resume_guard import apply_optim_changes, compare_configs, record_config

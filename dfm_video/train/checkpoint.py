@@ -18,65 +18,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch.distributed as dist
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-_TAG_RE = re.compile(r"^step_(\d{8})$")
-META = "meta.json"
-EMA_FILE = "ema.safetensors"
-COMPLETE = "COMPLETE"
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def step_of(tag: str) -> int:
-    m = _TAG_RE.match(tag)
-    if not m:
-        raise ValueError(f"{tag!r} is not a checkpoint tag (step_XXXXXXXX)")
-    return int(m.group(1))
-
-
-def is_complete(path: Path) -> bool:
-    return path.is_dir() and (path / COMPLETE).is_file()
-
-
-def complete_tags(root: Path) -> list[str]:
-    """Complete checkpoint tags under root, oldest first."""
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if _TAG_RE.match(p.name) and is_complete(p))
-
-
-def latest_tag(root: Path) -> Optional[str]:
-    """The tag named by `root/latest` (None for a run without checkpoints); ValueError if it is unusable.
-
-    Never falls back to "the highest step on disk": after a rollback that may be another run's.
-    """
-    root = Path(root)
-    pointer = root / "latest"
-    if not pointer.is_file():
-        found = complete_tags(root)
-        if found:
-            raise ValueError(
-                f"{root} holds checkpoints ({', '.join(found)}) but no 'latest' pointer: "
-                f"resume from one explicitly with --resume {root / found[-1]}"
-            )
-        return None
-    tag = pointer.read_text().strip()
-    if not _TAG_RE.match(tag):
-        raise ValueError(f"{pointer} names {tag!r}, not a checkpoint tag")
-    if not is_complete(root / tag):
-        raise ValueError(f"{pointer} names {tag}, but {root / tag} is missing or has no {COMPLETE} marker")
-    return tag
+from dfm_video.checkpoints import COMPLETE, EMA_FILE, META, complete_tags, step_of, tag_for
 
 
 def _fsync_path(path: Path) -> None:
@@ -176,46 +126,8 @@ def save_checkpoint(engine: Any, root: Path, step: int, meta: dict, ema: Any, ke
     return root / tag
 
 
-def read_meta(path: Path) -> dict:
-    """meta.json of a complete checkpoint folder; ValueError naming the folder if anything is off."""
-    path = Path(path)
-    if not is_complete(path):
-        raise ValueError(f"checkpoint {path} is incomplete or missing (no {COMPLETE} marker)")
-    try:
-        meta = json.loads((path / META).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(
-            f"checkpoint {path}: cannot read {META} ({exc}); was it written by this version of dfm-video?"
-        ) from exc
-    for key in ("step", "samples_consumed", "world_size", "zero_stage", "config", "dataset_meta"):
-        if key not in meta:
-            raise ValueError(f"checkpoint {path}: {META} lacks {key!r}")
-    return meta
-
-
-def read_ema(path: Path) -> dict:
-    """The whole-tensor EMA of a checkpoint folder (safetensors: no unpickling); ValueError if missing or truncated."""
-    f = Path(path) / EMA_FILE
-    if not f.is_file():
-        raise ValueError(f"checkpoint {path} has no {EMA_FILE}")
-    try:
-        with safe_open(str(f), framework="pt", device="cpu") as h:
-            return {k: h.get_tensor(k) for k in h.keys()}
-    except Exception as exc:  # safetensors raises its own error types for truncated headers / data
-        raise ValueError(f"checkpoint {path}: cannot read {EMA_FILE} ({exc})") from exc
-
-
 def load_engine_state(engine: Any, load_dir: Path, tag: str) -> None:
     """DeepSpeed's load (it unpickles: trusted folders only); ValueError instead of a None path."""
     load_path, _ = engine.load_checkpoint(str(load_dir), tag=tag)
     if load_path is None:
         raise ValueError(f"DeepSpeed could not load checkpoint {Path(load_dir) / tag}")
-
-
-def read_checkpoint_weights(path: Path) -> tuple[dict, dict, dict, bool]:
-    """EMA weights of a checkpoint folder, without DeepSpeed, a process group or unpickling.
-
-    Returns (whole float32 weights by name, config dict, dataset meta, partitioned=False).
-    """
-    meta = read_meta(path)
-    return read_ema(path), meta["config"], meta["dataset_meta"], False

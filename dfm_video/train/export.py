@@ -20,14 +20,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from dfm_video.config import Config, load_config, save_config
+from dfm_video.checkpoints import AUTOENCODER, CONFIG, DATASET, WEIGHTS, load_file_metadata
+from dfm_video.config import Config, save_config
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.yaml"
-DATASET = "dataset.json"
-AUTOENCODER = "autoencoder"
 BUNDLE_CHOICES = ("none", "config", "weights")
 log = logging.getLogger(__name__)
 
@@ -88,23 +85,6 @@ def export_weights(
     return out_dir
 
 
-def load_export(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, dict[str, Any]]:
-    """Read an export folder; clear errors for a missing or corrupt one."""
-    path = Path(path)
-    for name in (WEIGHTS, CONFIG, DATASET):
-        if not (path / name).is_file():
-            raise ValueError(f"{path} is not an export folder: {name} is missing")
-    try:
-        weights = load_file(str(path / WEIGHTS))
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path / WEIGHTS} is corrupt or truncated: {exc}") from exc
-    try:
-        meta = json.loads((path / DATASET).read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path / DATASET} is not valid JSON: {exc}") from exc
-    return weights, load_config(path / CONFIG), meta
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Re-export a run, export or checkpoint (any ZeRO stage), optionally with the autoencoder's weights."""
     p = argparse.ArgumentParser(prog="python -m dfm_video.train.export", description=main.__doc__)
@@ -136,17 +116,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"autoencoder {'weights' if args.autoencoder_weights else 'config'} included)"
     )
     return 0
-
-
-def load_file_metadata(src: Path) -> dict[str, str]:
-    """The safetensors header metadata of an export (the training step), {} for a checkpoint folder."""
-    from safetensors import safe_open
-
-    path = Path(src) / WEIGHTS
-    if not path.is_file():
-        return {}
-    with safe_open(str(path), "pt") as f:
-        return dict(f.metadata() or {})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from dfm_video.train.checkpoint import latest_tag, load_engine_state, read_ema, read_meta
+from dfm_video.checkpoints import complete_tags, latest_tag, read_ema, read_meta
+from dfm_video.train.checkpoint import load_engine_state
 from dfm_video.train.resume_guard import apply_optim_changes, compare_configs, has_run_artifacts
 from dfm_video.train.universal import convert_to_universal, needs_universal, remove_universal, universal_path
 
@@ -98,7 +99,6 @@ def plan_start(
 
 
 def _tags(root: Path) -> list[str]:
-    from dfm_video.train.checkpoint import complete_tags
 
     return complete_tags(root)
 
