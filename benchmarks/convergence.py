@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from dfm_video.autoencoders import load_autoencoder
-from dfm_video.config import Config, load_config
-from dfm_video.data.loader import open_training_data
+from dfm_video.config import Config, load_config, single_stage
+from dfm_video.data.mixture import open_data
 from dfm_video.dfm import TimestepParams, dfm_objective, recompose
 from dfm_video.eval.frechet import feature_statistics, frechet_distance
 from dfm_video.evaluate import build_fid, build_fvd
@@ -94,11 +94,9 @@ PRESETS = {
 
 def method_config(preset: Preset, shards: str, method: str, seed: int) -> Config:
     extra = [f"data.shards={shards}", "data.num_workers=0", f"train.seed={seed}", "distributed.zero_stage=0"]
-    if method == "fm":
-        extra += ["dfm.num_stages=1", "dfm.factors=[]", "dfm.stage_probs=[1.0]", "sample.steps=[40]"]
-    else:
-        extra += [f"sample.steps=[{preset.dfm_steps[0]},{preset.dfm_steps[1]}]"]
-    return load_config(None, list(preset.overrides) + extra)
+    extra += [f"sample.steps=[{preset.dfm_steps[0]},{preset.dfm_steps[1]}]"]
+    cfg = load_config(None, list(preset.overrides) + extra)
+    return single_stage(cfg) if method == "fm" else cfg
 
 
 def real_clips(data) -> list[np.ndarray]:
@@ -119,7 +117,7 @@ def train_loop(cfg: Config, steps: int, device: torch.device, eval_every: int, o
     initialisation, the per-step noise/timesteps and (through train.seed) the data order."""
     # both methods train on unit-std levels (the paper's video setting): DFM with the per-level
     # statistics of the shards, FM with the whole-latent statistics stored beside them
-    data = open_training_data(cfg, f"{cfg.dfm.num_stages}-stage run")
+    data = open_data(cfg, f"{cfg.dfm.num_stages}-stage run")
     torch.manual_seed(seed)
     model = build_model(cfg.model, cfg.dfm).to(device)
     opt = torch.optim.AdamW(
@@ -169,7 +167,7 @@ def train_and_eval(
     t_start = time.perf_counter()
 
     def on_eval(step, gen, data, out) -> None:
-        labels = [i % len(data.info.labels) for i in range(preset.num_eval)]
+        labels = [i % len(data.labels) for i in range(preset.num_eval)]
         latents, _ = generate(gen, labels, steps=list(cfg.sample.steps), tau=cfg.sample.tau, seed=1234 + seed)
         fake = [to_uint8(v) for v in decode_latents(gen, latents)]
         row = {
@@ -277,7 +275,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     builders = {"fvd": lambda: build_fvd(None, device, 9), "fid": lambda: build_fid(None, device, 64)}
     extractors = {m: builders[m]().fn for m in metrics}
-    real = real_clips(open_training_data(method_config(preset, args.shards, "dfm", seeds[0]), "real set"))
+    real = real_clips(open_data(method_config(preset, args.shards, "dfm", seeds[0]), "real set").buckets[0])
     real_stats = {
         m: feature_statistics(fn([torch.from_numpy(c) for c in real]).numpy(), f"{m} real")
         for m, fn in extractors.items()

@@ -41,7 +41,7 @@ BASE = (
 )
 C48 = ("model.in_channels=48", "model.patch_size=[1,2,2]")
 C3 = ("model.in_channels=3", "model.patch_size=[1,8,8]")
-FM = ("dfm.num_stages=1", "dfm.factors=[]", "dfm.stage_probs=[1.0]", "sample.steps=[40]")
+FM = ("dfm=single_stage",)  # sample.steps [30, 10] -> [40]
 # name: (codec, training overrides); every DFM model is sampled with several samplers (no retraining)
 VARIANTS = {
     "c48_dfm": ("48", C48),
@@ -73,7 +73,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows = []
 
         def on_eval(step, gen, data, out) -> None:
-            real = torch.stack([torch.from_numpy(c).permute(3, 0, 1, 2).float() / 127.5 - 1 for c in real_clips(data)])
+            real = torch.stack(
+                [torch.from_numpy(c).permute(3, 0, 1, 2).float() / 127.5 - 1 for c in real_clips(data.buckets[0])]
+            )
             y = [i % 3 for i in range(12)]
             stats = LevelStats.from_dict(gen.meta["stats"]) if gen.meta.get("stats") else None
             for sampler, (dfm_steps, fm_steps, cfg_scale) in SAMPLERS.items():

@@ -34,7 +34,7 @@ SIZES = {
 def build(size: str, stages: int, device: torch.device, dtype: torch.dtype) -> Generator:
     overrides, latent = SIZES[size]
     if stages == 1:
-        overrides = overrides + ["dfm.num_stages=1", "dfm.factors=[]", "dfm.stage_probs=[1.0]", "sample.steps=[40]"]
+        overrides = overrides + ["dfm=single_stage"]  # sample.steps [30, 10] -> [40]
     cfg = load_config(None, overrides)
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.dfm).to(device=device, dtype=dtype).eval()

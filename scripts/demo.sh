@@ -62,8 +62,7 @@ echo "== 3/6 train DFM: deepspeed launcher, 2 ranks, ZeRO-2 (resumes from the la
 
 echo "== 4/6 train the flow-matching baseline: same model, shards, steps and batch; one stage"
 "$BIN/deepspeed" --log_level "$DS_LOG" --num_gpus 2 --master_port "$PORT" dfm_video/train.py --config demo.yaml \
-  "${common[@]}" --set train.output_dir="$DIR/train_fm" --set name=demo-fm --set dfm.num_stages=1 --set "dfm.factors=[]" \
-  --set "dfm.stage_probs=[1.0]" --set "sample.steps=[40]" --resume auto
+  "${common[@]}" --set train.output_dir="$DIR/train_fm" --set name=demo-fm --set dfm=single_stage --resume auto
 
 echo "== 5/6 sample: DFM stage-wise Euler [30, 10] with previews when stage 1 reaches tau; FM 40 steps"
 "$PY" -m dfm_video.sample --checkpoint "$DIR/train" --out "$DIR/samples" --num-samples "$SAMPLES" --previews

@@ -1,7 +1,10 @@
 """Typed configs: YAML loading, dotted overrides, clear errors naming key and file, serialisation."""
 
 import json
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,7 +17,11 @@ from dfm_video.config import (
     require,
     resolve_config_path,
     save_config,
+    single_stage,
+    validate,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write(tmp_path, text, name="run.yaml"):
@@ -119,3 +126,51 @@ def test_config_names_resolve_under_configs_dir(tmp_path):
     shipped = sorted(CONFIG_DIR.rglob("*.yaml"))
     for path in shipped:  # every shipped config must load
         load_config(path)
+
+
+def test_num_stages_follows_from_factors_and_a_stated_one_must_agree(tmp_path):
+    three = _write(
+        tmp_path,
+        """
+        dfm: {factors: [[1, 2, 2], [2, 2, 2]], stage_probs: [0.5, 0.3, 0.2]}
+        sample: {steps: [4, 2, 1]}
+        """,
+    )
+    assert load_config(three).dfm.num_stages == 3
+    assert load_config(None, ["dfm.factors=[]", "dfm.stage_probs=[1.0]", "sample.steps=[9]"]).dfm.num_stages == 1
+    # configs that state it (every run directory's config.yaml does) load, in either override order
+    old = ["dfm.num_stages=1", "dfm.factors=[]", "dfm.stage_probs=[1.0]", "sample.steps=[9]"]
+    assert load_config(None, old).dfm.num_stages == 1
+    assert load_config(None, [old[1], old[0], *old[2:]]).dfm.num_stages == 1
+    saved = save_config(load_config(three), tmp_path / "saved.yaml")
+    assert yaml.safe_load(saved.read_text())["dfm"]["num_stages"] == 3 and load_config(saved).dfm.num_stages == 3
+    with pytest.raises(ValueError, match=r"key 'dfm\.factors': 1 factors make 2 stages but dfm\.num_stages=3"):
+        load_config(None, ["dfm.num_stages=3"])
+    with pytest.raises(ValueError, match=r"2 factors make 3 stages but dfm\.num_stages=2"):
+        load_config(None, ["dfm.factors=[[1,2,2],[1,2,2]]", "dfm.num_stages=2"])
+
+
+def test_single_stage_is_the_flow_matching_baseline_in_code_and_on_the_command_line():
+    cfg = load_config("demo.yaml")
+    fm = single_stage(cfg)
+    assert (fm.dfm.num_stages, fm.dfm.factors, fm.dfm.stage_probs, fm.sample.steps) == (1, [], [1.0], [40])
+    assert cfg.dfm.num_stages == 2 and cfg.sample.steps == [30, 10]  # a copy
+    validate(fm)
+    assert config_to_dict(load_config("demo.yaml", ["dfm=single_stage"])) == config_to_dict(fm)
+    # what the override list spelled out before the preset: the same config
+    spelled = ["dfm.num_stages=1", "dfm.factors=[]", "dfm.stage_probs=[1.0]", "sample.steps=[40]"]
+    assert config_to_dict(load_config("demo.yaml", spelled)) == config_to_dict(fm)
+    assert load_config("tiny.yaml", ["dfm=single_stage", "sample.steps=[6]"]).sample.steps == [6]
+    with pytest.raises(ValueError, match=r"--set dfm=two_stage: no preset 'two_stage' for section 'dfm'"):
+        load_config(None, ["dfm=two_stage"])
+
+
+def test_the_config_package_imports_without_yaml():
+    code = (
+        "import sys; sys.modules['yaml'] = None\n"
+        "import dfm_video.config as c, dfm_video.models\n"
+        "c.validate(c.single_stage(c.Config()))\n"
+        "try:\n    c.load_config(None, ['train.lr=1'])\nexcept ImportError:\n    print('needs yaml')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == "needs yaml", r.stderr[-2000:]

@@ -13,15 +13,8 @@ from image_helpers import FLUX_SCALE, FLUX_SHIFT, skimage_data_dir
 from dfm_video.autoencoders import autoencoder_info, load_autoencoder
 from dfm_video.config import load_config
 from dfm_video.config.schema import MixSource
-from dfm_video.data.loader import open_training_data
-from dfm_video.data.mixture import (
-    MixSchedule,
-    MixtureBatchSampler,
-    integer_shares,
-    open_data,
-    open_mixture,
-    skip_temporal,
-)
+from dfm_video.data.mixture import open_data, skip_temporal
+from dfm_video.data.sampler import ResumableSampler, integer_shares
 from dfm_video.models import build_model
 from dfm_video.models.patch import stage_patch_sizes, token_grid
 
@@ -94,9 +87,9 @@ def _cfg(*overrides: str):
 
 
 def test_standardisation_follows_the_data_unless_set(tiny_shards, image_shards, capsys) -> None:
-    video = open_training_data(_cfg(f"data.shards={tiny_shards}", "dfm.standardize=null"))
-    image = open_training_data(_cfg(f"data.shards={image_shards['pixel']}", "dfm.standardize=null"))
-    forced = open_training_data(_cfg(f"data.shards={image_shards['pixel']}", "dfm.standardize=true"))
+    video = open_data(_cfg(f"data.shards={tiny_shards}", "dfm.standardize=null")).buckets[0]
+    image = open_data(_cfg(f"data.shards={image_shards['pixel']}", "dfm.standardize=null")).buckets[0]
+    forced = open_data(_cfg(f"data.shards={image_shards['pixel']}", "dfm.standardize=true")).buckets[0]
     assert (video.stats is not None, image.stats is None, forced.stats is not None) == (True, True, True)
     assert (video.cfg.dfm.standardize, image.cfg.dfm.standardize) == (True, False)  # the saved config says what ran
     log = capsys.readouterr().out
@@ -106,9 +99,7 @@ def test_standardisation_follows_the_data_unless_set(tiny_shards, image_shards, 
 
 def test_an_image_dataset_with_a_temporal_factor_is_refused(image_shards) -> None:
     with pytest.raises(ValueError, match=r"shards-pixel holds images \(latent T = 1\) but dfm.factors=\[\[2, 2, 2\]\]"):
-        open_training_data(
-            _cfg(f"data.shards={image_shards['pixel']}", "dfm.factors=[[2,2,2]]", "dfm.standardize=false")
-        )
+        open_data(_cfg(f"data.shards={image_shards['pixel']}", "dfm.factors=[[2,2,2]]", "dfm.standardize=false"))
 
 
 def test_one_model_takes_t1_and_video_batches_in_both_temporal_modes() -> None:
@@ -137,8 +128,10 @@ def test_the_mix_holds_within_every_step_across_ranks_and_exactly_over_many_step
     shares = integer_shares(weights)
     assert [s / sum(shares) for s in shares] == pytest.approx([w / sum(weights) for w in weights], abs=5e-4)
     sizes, M, W, accum, steps = [37, 23, 11][: len(weights)], 2, 2, 3, 400
-    sched = MixSchedule(shares)
-    samplers = [MixtureBatchSampler(sizes, sched, micro_batch=M, rank=r, world_size=W, seed=3) for r in range(W)]
+    samplers = [
+        ResumableSampler(sizes, shares, global_batch=M * W * accum, micro_batch=M, rank=r, world_size=W, seed=3)
+        for r in range(W)
+    ]
     streams = [iter(s) for s in samplers]
     bounds = [0, *torch.tensor(sizes).cumsum(0).tolist()]
     total = Counter()
@@ -160,11 +153,15 @@ def test_the_mix_holds_within_every_step_across_ranks_and_exactly_over_many_step
 
 
 def test_each_bucket_sees_every_sample_once_per_epoch_and_resumes_exactly() -> None:
-    sizes, M, sched = [10, 7], 2, MixSchedule([2, 1])
+    sizes, M, shares = [10, 7], 2, [2, 1]
 
     def stream(W: int, start: int, n: int) -> list[list[int]]:
         its = [
-            iter(MixtureBatchSampler(sizes, sched, micro_batch=M, rank=r, world_size=W, seed=5, start=start))
+            iter(
+                ResumableSampler(
+                    sizes, shares, global_batch=2 * M, micro_batch=M, rank=r, world_size=W, seed=5, start=start
+                )
+            )
             for r in range(W)
         ]
         return [next(its[r]) for _ in range(n) for r in range(W)]  # global micro-batch order
@@ -201,10 +198,10 @@ def test_a_video_and_image_mix_skips_temporal_factors_for_images(tiny_shards, im
     data = open_data(cfg)
     video, image = data.buckets
     assert [video.weight, image.weight] == [0.75, 0.25]
-    assert video.data.cfg.dfm.factors == [(2, 2, 2)] and video.data.redecompose  # stored [1,2,2], decomposed in time
-    assert image.data.cfg.dfm.factors == [(1, 2, 2)] and not image.data.redecompose  # images: temporal factor skipped
-    assert data.labels[: len(video.data.info.labels)] == video.data.info.labels
-    assert set(data.labels) == set(video.data.info.labels) | {"scene", "object"}
+    assert video.cfg.dfm.factors == [(2, 2, 2)] and video.redecompose  # stored [1,2,2], decomposed in time
+    assert image.cfg.dfm.factors == [(1, 2, 2)] and not image.redecompose  # images: temporal factor skipped
+    assert data.labels[: len(video.info.labels)] == video.info.labels
+    assert set(data.labels) == set(video.info.labels) | {"scene", "object"}
     seen = Counter()
     for levels, labels in _take(data.batches(rank=0, world_size=1, start=0, device=torch.device("cpu")), 8):
         T = levels[-1].shape[2]
@@ -227,12 +224,12 @@ def test_mix_bad_inputs_name_the_datasets_and_values(tiny_shards, image_shards) 
         ValueError,
         match=r"different latent channels.*shards.*48 channels.*shards-kl.*16 channels, autoencoder 'kl:flux-vae",
     ):
-        open_mixture(_mix_cfg([(tiny_shards, 1.0), (image_shards["kl"], 1.0)]))
+        open_data(_mix_cfg([(tiny_shards, 1.0), (image_shards["kl"], 1.0)]))
     with pytest.raises(
         ValueError,
         match=r"data.mix\[1\] 'shards-pixel' .* has 8 usable clips, fewer than one micro-batch .*micro_batch_size=9",
     ):
-        open_mixture(
+        open_data(
             _mix_cfg(
                 [(tiny_shards, 1.0), (image_shards["pixel"], 1.0)],
                 "distributed.micro_batch_size=9",
@@ -241,9 +238,9 @@ def test_mix_bad_inputs_name_the_datasets_and_values(tiny_shards, image_shards) 
             )
         )
     with pytest.raises(ValueError, match=r"weights \[\('shards-pixel', 0.0001\)\] are below 1/1000"):
-        open_mixture(_mix_cfg([(tiny_shards, 1.0), (image_shards["pixel"], 1e-4)], "model.num_classes=12"))
+        open_data(_mix_cfg([(tiny_shards, 1.0), (image_shards["pixel"], 1e-4)], "model.num_classes=12"))
     with pytest.raises(ValueError, match=r"model.num_classes=3 but the datasets of data.mix have \d+ distinct labels"):
-        open_mixture(_mix_cfg([(tiny_shards, 1.0), (image_shards["pixel"], 1.0)], "model.num_classes=3"))
+        open_data(_mix_cfg([(tiny_shards, 1.0), (image_shards["pixel"], 1.0)], "model.num_classes=3"))
     with pytest.raises(ValueError, match=r"data.shards or data.mix, not both"):
         load_config("tiny.yaml", ["data.mix=[{shards: /x, weight: 1}]"])
     with pytest.raises(ValueError, match=r"data.mix\[0\].weight': expected > 0, got -1"):

@@ -29,7 +29,7 @@ def trained(tiny_shards, tmp_path_factory):
     runs = {}
     for name, extra in {
         "dfm": ["distributed.zero_stage=3"],
-        "fm": ["dfm.num_stages=1", "dfm.factors=[]", "dfm.stage_probs=[1.0]", "sample.steps=[6]"],
+        "fm": ["dfm=single_stage", "sample.steps=[6]"],
     }.items():
         out = tmp_path_factory.mktemp(name)
         r = run(

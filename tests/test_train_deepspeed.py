@@ -193,9 +193,7 @@ def test_flow_matching_baseline_trains_in_the_same_trainer(tiny_shards, tmp_path
             _overrides(
                 tiny_shards,
                 out,
-                "dfm.num_stages=1",
-                "dfm.factors=[]",
-                "dfm.stage_probs=[1.0]",
+                "dfm=single_stage",
                 "sample.steps=[8]",
                 "train.steps=6",
             )

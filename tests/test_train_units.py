@@ -61,9 +61,9 @@ def _stream(world, micro, G, start, n_items, n=23, seed=3):
     return [
         list(
             itertools.islice(
-                iter(
+                itertools.chain.from_iterable(
                     ResumableSampler(
-                        n, global_batch=G, micro_batch=micro, rank=r, world_size=world, seed=seed, start=start
+                        [n], [1], global_batch=G, micro_batch=micro, rank=r, world_size=world, seed=seed, start=start
                     )
                 ),
                 n_items,
@@ -95,7 +95,7 @@ def test_sampler_covers_each_epoch_once_across_ranks_and_resumes_exactly():
 
 def test_sampler_refuses_a_dataset_smaller_than_a_batch():
     with pytest.raises(ValueError, match="fewer than one global batch"):
-        ResumableSampler(3, global_batch=4, micro_batch=1, rank=0, world_size=1, seed=0)
+        ResumableSampler([3], [1], global_batch=4, micro_batch=1, rank=0, world_size=1, seed=0)
 
 
 def test_label_dropout_rate_and_null_class():

@@ -1,11 +1,22 @@
-"""Typed configuration: dataclasses (`schema`) and YAML loading with dotted overrides (`loader`).
+"""Typed configuration: dataclasses (`schema`), YAML loading with dotted overrides and every
+cross-field check (`loader`), named presets such as the flow-matching baseline (`presets`).
 
-The loader (and with it PyYAML) is imported lazily, so `dfm_video.config.schema` and the model
-package import on a bare GPU image that has torch but no yaml.
+PyYAML is imported on first use (`loader`), so the config and the model package import on a bare
+GPU image that has torch but no yaml.
 """
 
-from typing import Any
-
+from dfm_video.config.loader import (
+    CONFIG_DIR,
+    apply_override,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    require,
+    resolve_config_path,
+    save_config,
+    validate,
+)
+from dfm_video.config.presets import single_stage, single_stage_dfm
 from dfm_video.config.schema import (
     Config,
     DataConfig,
@@ -18,28 +29,8 @@ from dfm_video.config.schema import (
     TrainConfig,
 )
 
-_LOADER_NAMES = (
-    "CONFIG_DIR",
-    "apply_override",
-    "config_from_dict",
-    "config_to_dict",
-    "load_config",
-    "require",
-    "resolve_config_path",
-    "save_config",
-    "validate",
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LOADER_NAMES:
-        from dfm_video.config import loader
-
-        return getattr(loader, name)
-    raise AttributeError(f"module 'dfm_video.config' has no attribute '{name}'")
-
-
 __all__ = [
+    "CONFIG_DIR",
     "Config",
     "DataConfig",
     "DFMConfig",
@@ -49,5 +40,14 @@ __all__ = [
     "PreprocessConfig",
     "SampleConfig",
     "TrainConfig",
-    *_LOADER_NAMES,
+    "apply_override",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "require",
+    "resolve_config_path",
+    "save_config",
+    "single_stage",
+    "single_stage_dfm",
+    "validate",
 ]

@@ -2,6 +2,7 @@
 
 Every user error is a `ValueError` that names the source (file or `--set`), the dotted key, what
 was expected and what was given. Nothing unknown is ignored: a typo is an error with a suggestion.
+PyYAML is imported on first use, so the schema and the model package import on an image without it.
 """
 
 from __future__ import annotations
@@ -16,14 +17,19 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable, Literal, Union, get_args, get_origin
 
-import yaml
-
+from dfm_video.config.presets import SECTION_PRESETS
 from dfm_video.config.schema import Config
 
 # Configs shipped with the repository: `--config k700.yaml` resolves here.
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _yaml() -> Any:
+    import yaml  # optional third-party dependency, needed only to read and write files and overrides
+
+    return yaml
 
 
 def resolve_config_path(name: str | Path) -> Path:
@@ -44,6 +50,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     if path is not None:
         resolved = resolve_config_path(path)
         source = str(resolved)
+        yaml = _yaml()
         try:
             loaded = yaml.safe_load(resolved.read_text())
         except yaml.YAMLError as exc:
@@ -85,23 +92,34 @@ def save_config(cfg: Config, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = config_to_dict(cfg)
-    text = json.dumps(data, indent=2) if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
+    text = json.dumps(data, indent=2) if path.suffix == ".json" else _yaml().safe_dump(data, sort_keys=False)
     path.write_text(text)
     return path
 
 
 def apply_override(cfg: Config, item: str) -> Config:
-    """Apply one dotted override `section.key=value` (value parsed as YAML) to a copy of `cfg`."""
+    """Apply one dotted override `section.key=value` (value parsed as YAML) to a copy of `cfg`.
+
+    `section=NAME` applies a named preset instead (`dfm_video.config.presets.SECTION_PRESETS`, e.g.
+    `dfm=single_stage`). Setting `dfm.factors` re-derives `dfm.num_stages` unless it was set apart from them."""
     source = f"--set {item}"
     if "=" not in item:
         raise ValueError(f"{source}: expected KEY=VALUE, e.g. train.lr=2e-4")
     key, raw = item.split("=", 1)
     key = key.strip()
+    yaml = _yaml()
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ValueError(f"{source}: value is not valid YAML: {exc}") from exc
+    if isinstance(value, str) and key in SECTION_PRESETS:
+        presets = SECTION_PRESETS[key]
+        if value not in presets:
+            raise ValueError(f"{source}: no preset '{value}' for section '{key}' (presets: {', '.join(presets)})")
+        return presets[value](cfg)
     data = config_to_dict(cfg)
+    if key == "dfm.factors" and cfg.dfm.num_stages == len(cfg.dfm.factors) + 1:
+        data["dfm"]["num_stages"] = None  # derived from the new factors
     node = data
     parts = key.split(".")
     for depth, part in enumerate(parts[:-1]):
@@ -131,10 +149,13 @@ def validate(cfg: Config, source: str = "<config>") -> None:
         raise ValueError(f"{source}: key '{key}': {msg}")
 
     d = cfg.dfm
-    if d.num_stages < 1:
-        fail("dfm.num_stages", f"expected >= 1, got {d.num_stages}")
-    if len(d.factors) != d.num_stages - 1:
-        fail("dfm.factors", f"expected {d.num_stages - 1} factors for {d.num_stages} stages, got {len(d.factors)}")
+    if d.num_stages != len(d.factors) + 1:
+        fail(
+            "dfm.factors",
+            f"{len(d.factors)} factors make {len(d.factors) + 1} stages but dfm.num_stages={d.num_stages} "
+            f"(num_stages follows from factors and may be left out; for {d.num_stages} stages give "
+            f"{max(d.num_stages - 1, 0)} factors)",
+        )
     for i, f in enumerate(d.factors):
         if any(v not in (1, 2) for v in f):
             fail(f"dfm.factors[{i}]", f"each of (ft, fh, fw) must be 1 or 2, got {list(f)}")

@@ -54,8 +54,10 @@ class ModelConfig:
 class DFMConfig:
     """Decomposable Flow Matching (`dfm_video.dfm`); see shared/DFM_METHOD.md."""
 
-    num_stages: int = 2
-    """Pyramid stages S; 1 is plain flow matching (the baseline)."""
+    num_stages: Optional[int] = None
+    """Pyramid stages S; follows from `factors` (S = len(factors) + 1) and need not be written; a value
+    given must agree with `factors` (config validation). 1 is plain flow matching, the baseline:
+    `--set dfm=single_stage` (`dfm_video.config.single_stage`) sets this section and `sample.steps` for it."""
     factors: list[tuple[int, int, int]] = field(default_factory=lambda: [(1, 2, 2)])
     """Resampling factor (ft, fh, fw) from stage i+1 to stage i+2, coarse to fine; len = S - 1."""
     temporal_mode: Literal["causal", "uniform"] = "causal"
@@ -76,6 +78,10 @@ class DFMConfig:
     standardize: Optional[bool] = None
     """Scale each level to unit std with dataset statistics. None (default) follows the data, as the
     paper does: on for video, off for image (T = 1) datasets; the trainer logs the choice."""
+
+    def __post_init__(self) -> None:
+        if self.num_stages is None:
+            self.num_stages = len(self.factors) + 1
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The trainer's reader over preprocessed shards: validated against the config, resumable, rank-sharded.
+"""One dataset of preprocessed shards opened for training: validated against the config, read by index.
 
 Batches have one shape: a dataset whose clips have several latent shapes is refused, or with
 `data.drop_incompatible` only its most common shape is kept (the others are counted and named).
@@ -12,15 +12,14 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import pyarrow.parquet as pq
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from dfm_video.config import Config, load_config
-from dfm_video.data.sampler import ResumableSampler
 from dfm_video.data.schema import (
     CONFIG_FILE,
     DatasetInfo,
@@ -72,15 +71,11 @@ class ShardDataset(Dataset):
         return levels, int(g["label_id"][row])
 
 
-def _collate(items: list[tuple[list[Tensor], int]]) -> tuple[list[Tensor], Tensor]:
-    levels = [torch.stack([it[0][s] for it in items]) for s in range(len(items[0][0]))]
-    return levels, torch.tensor([it[1] for it in items], dtype=torch.long)
-
-
 @dataclass
-class TrainingData:
-    """Shards opened for training with `cfg`; `batches()` yields device-ready (levels, labels)."""
+class Bucket:
+    """One dataset of the run, opened and checked against `cfg` (its own copy when the run mixes datasets)."""
 
+    name: str
     cfg: Config
     info: DatasetInfo
     dataset: ShardDataset
@@ -89,47 +84,27 @@ class TrainingData:
     stats: Optional[LevelStats]
     redecompose: bool
     dropped: int
+    weight: float = 1.0  # normalised share of the micro-batches actually used
+    label_map: Optional[Tensor] = None  # dataset label id -> run label id (None: the same ids)
 
-    def _prepare(self, levels: list[Tensor], labels: Tensor, device: torch.device) -> tuple[list[Tensor], Tensor]:
+    @property
+    def frames(self) -> int:
+        return self.latent_shape[0]
+
+    def prepare(self, levels: list[Tensor], labels: Tensor, device: torch.device) -> tuple[list[Tensor], Tensor]:
+        """A collated micro-batch of this bucket -> device-ready (levels, run label ids)."""
         levels = [x.to(device, non_blocking=True) for x in levels]
         if self.redecompose:
             full = recompose(levels, self.info.factors, self.info.temporal_mode)
             levels = decompose(full, self.cfg.dfm.factors, self.cfg.dfm.temporal_mode)
         if self.stats is not None:
             levels = standardize(levels, self.stats)
+        if self.label_map is not None:
+            labels = torch.where(labels >= 0, self.label_map[labels.clamp(min=0)], labels)
         labels = labels.to(device)
         # unlabelled clips (label_id -1) train the unconditional branch
         labels = torch.where(labels < 0, torch.full_like(labels, self.cfg.model.num_classes), labels)
         return levels, labels
-
-    def batches(
-        self, *, rank: int, world_size: int, start: int, device: torch.device
-    ) -> Iterator[tuple[list[Tensor], Tensor]]:
-        """Endless micro-batches for this rank from global sample position `start`."""
-        d = self.cfg.distributed
-        sampler = ResumableSampler(
-            len(self.dataset),
-            global_batch=d.global_batch_size,
-            micro_batch=d.micro_batch_size,
-            rank=rank,
-            world_size=world_size,
-            seed=self.cfg.train.seed,
-            shuffle=self.cfg.data.shuffle,
-            start=start,
-        )
-        workers = self.cfg.data.num_workers
-        loader = DataLoader(
-            self.dataset,
-            batch_size=d.micro_batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            collate_fn=_collate,
-            pin_memory=device.type == "cuda",
-            persistent_workers=workers > 0,
-            prefetch_factor=2 if workers > 0 else None,
-        )
-        for levels, labels in loader:
-            yield self._prepare(levels, labels, device)
 
     def dataset_meta(self) -> dict[str, Any]:
         """What the sampler needs to turn generated levels into video (saved beside the export)."""
@@ -164,12 +139,10 @@ def resolve_standardize(requested: Optional[bool], frames: int, root: Path) -> b
     return value
 
 
-def open_training_data(cfg: Config, source: str = "config") -> TrainingData:
-    """Open cfg.data.shards and check it against cfg; every mismatch is a ValueError naming both sides."""
-    root = Path(cfg.data.shards)
-    if not root.is_dir():
-        raise ValueError(f"{source}: data.shards='{root}' is not a directory (run data_pipeline.preprocess first)")
-    info = DatasetInfo.load(root)
+def open_bucket(cfg: Config, info: DatasetInfo, source: str = "config", name: str = "") -> Bucket:
+    """Open the dataset `info` for training with cfg and check it against cfg; every mismatch is a
+    ValueError naming both sides. `cfg.dfm.standardize` is resolved in place."""
+    root = info.root
     if not info.shards:
         raise ValueError(f"{root}: no shards (every clip was rejected? see {root}/rejects.parquet)")
     codec = info.autoencoder
@@ -248,7 +221,8 @@ def open_training_data(cfg: Config, source: str = "config") -> TrainingData:
     stats = None
     if cfg.dfm.standardize:
         stats = info.stats() if same else info.latent_moments.stats()
-    return TrainingData(
+    return Bucket(
+        name=name or root.name,
         cfg=cfg,
         info=info,
         dataset=ShardDataset(index, len(stored), dtypes=dtypes),

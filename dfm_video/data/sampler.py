@@ -1,27 +1,83 @@
-"""Deterministic, resumable, rank-sharded sample order.
+"""Deterministic, resumable, rank-sharded micro-batches over one or more buckets of samples.
 
-Epoch e's order is a permutation drawn from (seed, e). Optimizer step k consumes the global slice
-perm[k*G : (k+1)*G] (G = global batch); within it, micro-step a of rank r takes
-[a*W*M + r*M : a*W*M + (r+1)*M] (W ranks, M micro-batch). The position is just the number of
-samples consumed globally, so a resume from a checkpoint neither repeats nor skips a sample, and
-the order does not depend on the number of DataLoader workers. An epoch's tail shorter than G is
-dropped (every step has the full global batch).
+Every micro-batch comes from one bucket (one dataset of one latent shape). The samples are the
+buckets end to end: bucket d owns global indices [offset_d, offset_d + n_d).
+
+Schedule. Integer shares a_d (`MixSchedule`) give a period P = sum a_d. Global micro-batch slot j
+(micro-step s on rank r of W: j = s*W + r) goes to bucket `schedule[j % P]`, a smooth weighted
+round robin: after n slots bucket d has had n*a_d/P micro-batches to within one, and every period
+holds the mix exactly. One bucket takes every slot.
+
+Order. Bucket d's k-th micro-batch (counted over all ranks) is slice [k'*M, (k'+1)*M) of the
+permutation of its epoch, k' = k mod (micro-batches per epoch). The position is the number of
+samples consumed globally, so a checkpoint's `samples_consumed` alone puts every bucket back where
+it stopped (no extra state, no dependence on the number of DataLoader workers).
+- One bucket: an epoch is the whole optimizer steps that fit (floor(n / G) * G samples for the
+  global batch G; the shorter tail is dropped, so every step draws G distinct samples), and
+  epoch e's permutation is drawn from (seed, e).
+- Several buckets: an optimizer step straddles buckets, so a bucket's epoch is its whole
+  micro-batches (floor(n_d / M) * M samples), and the permutation is drawn from (seed, e, d).
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+import math
+from functools import reduce
+from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+SHARE_RESOLUTION = 1000  # weights are rounded to 1/1000 of the mix
 
-class ResumableSampler(Sampler[int]):
-    """Yields this rank's dataset indices from global sample position `start` onwards, forever."""
+
+def integer_shares(weights: Sequence[float]) -> list[int]:
+    """Positive weights -> integer shares with the same ratios to 1/SHARE_RESOLUTION, gcd-reduced."""
+    total = float(sum(weights))
+    shares = [round(w / total * SHARE_RESOLUTION) for w in weights]
+    g = reduce(math.gcd, shares)
+    return [s // g for s in shares] if g else shares
+
+
+class MixSchedule:
+    """Which bucket global micro-batch slot j belongs to, and how many slots before j each bucket had."""
+
+    def __init__(self, shares: Sequence[int]) -> None:
+        if not shares or any(s < 1 for s in shares):
+            raise ValueError(f"mix shares must be positive integers, got {list(shares)}")
+        self.shares = [int(s) for s in shares]
+        self.period = P = sum(self.shares)
+        current = [0] * len(shares)
+        order = []
+        for _ in range(P):  # smooth weighted round robin (each slot to the bucket most behind)
+            current = [c + s for c, s in zip(current, self.shares)]
+            d = max(range(len(current)), key=lambda i: (current[i], -i))
+            current[d] -= P
+            order.append(d)
+        self.order = order
+        prefix = np.zeros((P + 1, len(shares)), dtype=np.int64)
+        for i, d in enumerate(order):
+            prefix[i + 1] = prefix[i]
+            prefix[i + 1, d] += 1
+        self.prefix = prefix
+
+    def bucket(self, slot: int) -> int:
+        return self.order[slot % self.period]
+
+    def count_before(self, slot: int, bucket: int) -> int:
+        """Slots < `slot` that went to `bucket`."""
+        q, r = divmod(slot, self.period)
+        return q * self.shares[bucket] + int(self.prefix[r, bucket])
+
+
+class ResumableSampler(Sampler[list[int]]):
+    """This rank's micro-batches (global indices into the buckets end to end) from sample position `start`."""
 
     def __init__(
         self,
-        num_samples: int,
+        sizes: Sequence[int],
+        shares: Sequence[int],
         *,
         global_batch: int,
         micro_batch: int,
@@ -31,42 +87,59 @@ class ResumableSampler(Sampler[int]):
         shuffle: bool = True,
         start: int = 0,
     ) -> None:
-        if num_samples < global_batch:
-            raise ValueError(
-                f"the dataset has {num_samples} samples, fewer than one global batch ({global_batch}); "
-                "lower distributed.global_batch_size or add data"
-            )
+        if len(sizes) != len(shares):
+            raise ValueError(f"{len(sizes)} bucket sizes but {len(shares)} shares")
         if global_batch % (micro_batch * world_size):
             raise ValueError(
                 f"global batch {global_batch} is not a multiple of micro batch {micro_batch} x world {world_size}"
             )
-        self.n = num_samples
-        self.G, self.M, self.W, self.rank = global_batch, micro_batch, world_size, rank
+        if start % micro_batch:
+            raise ValueError(f"sample position {start} is not a multiple of the micro-batch {micro_batch}")
+        self.sizes = [int(n) for n in sizes]
+        # samples per epoch of each bucket (the module docstring says why one bucket counts whole steps)
+        unit = global_batch if len(self.sizes) == 1 else micro_batch
+        if len(self.sizes) == 1 and self.sizes[0] < global_batch:
+            raise ValueError(
+                f"the dataset has {self.sizes[0]} samples, fewer than one global batch ({global_batch}); "
+                "lower distributed.global_batch_size or add data"
+            )
+        small = [(d, n) for d, n in enumerate(self.sizes) if n < micro_batch]
+        if small:
+            raise ValueError(f"buckets {small} (index, samples) cannot fill a micro-batch of {micro_batch}")
+        self.per_epoch = [n // unit * unit // micro_batch for n in self.sizes]  # micro-batches per epoch
+        self.offsets = np.cumsum([0, *self.sizes[:-1]]).tolist()
+        self.schedule = MixSchedule(shares)
+        self.M, self.rank, self.W = micro_batch, rank, world_size
         self.seed, self.shuffle = seed, shuffle
-        self.start = start
-        self.steps_per_epoch = num_samples // global_batch
+        self.start_slot = start // micro_batch
+        self._orders: dict[int, tuple[int, torch.Tensor]] = {}  # bucket -> (epoch, permutation)
 
-    def epoch_order(self, epoch: int) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.n)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=g)
+    def _order(self, d: int, epoch: int) -> torch.Tensor:
+        cached = self._orders.get(d)
+        if cached is None or cached[0] != epoch:
+            if self.shuffle:
+                key = self.seed * 1_000_003 + epoch
+                if len(self.sizes) > 1:
+                    key = key * 8191 + d
+                cached = (epoch, torch.randperm(self.sizes[d], generator=torch.Generator().manual_seed(key)))
+            else:
+                cached = (epoch, torch.arange(self.sizes[d]))
+            self._orders[d] = cached
+        return cached[1]
 
-    def __iter__(self) -> Iterator[int]:
-        used = self.steps_per_epoch * self.G  # samples consumed per epoch
-        pos = self.start
+    def micro_batch(self, slot: int) -> tuple[int, list[int]]:
+        """(bucket, global indices) of global micro-batch `slot`."""
+        d = self.schedule.bucket(slot)
+        k = self.schedule.count_before(slot, d)
+        epoch, off = divmod(k, self.per_epoch[d])
+        idx = self._order(d, epoch)[off * self.M : (off + 1) * self.M]
+        return d, (idx + self.offsets[d]).tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        slot = self.start_slot + self.rank
         while True:
-            epoch, offset = divmod(pos, used)
-            order = self.epoch_order(epoch)
-            step_start = offset - offset % self.G
-            within = offset - step_start  # samples of this step already consumed (a multiple of W*M)
-            for k in range(step_start, used, self.G):
-                block = order[k : k + self.G]
-                for a in range(within // (self.W * self.M), self.G // (self.W * self.M)):
-                    base = a * self.W * self.M + self.rank * self.M
-                    yield from block[base : base + self.M].tolist()
-                within = 0
-            pos = (epoch + 1) * used
+            yield self.micro_batch(slot)[1]
+            slot += self.W
 
     def __len__(self) -> int:  # infinite stream; DataLoader only needs this for progress bars
         return 2**62

@@ -17,7 +17,7 @@ Shard columns (Parquet): key (string, unique in the dataset), label (string, "" 
 label_id (int32, -1 = unlabelled), split, source_path, fps (float32, rate of the sampled frames;
 0 for images), source_fps, frame_indices (list<int32>, source frame of each sampled frame), and
 source_height, source_width (int32, the displayed size of the source video, after rotation;
-absent in shards written before issue 11: read as 0), and for each pyramid level s = 0..S-1
+absent in older shards: read as 0), and for each pyramid level s = 0..S-1
 (coarse to fine) `level_{s}` (large_binary: the (C, T, H, W) latent as raw little-endian values of
 the shard's `latent_dtype`, float32 / float16 / bfloat16, C-order) plus `level_{s}_shape`
 (list<int32> = [C, T, H, W]). One clip per row group: a random training read pulls one clip.

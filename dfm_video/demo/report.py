@@ -35,13 +35,13 @@ from dfm_video.demo.measures import fine_level_std, quality_summary
 def training_clips(gen) -> tuple[Tensor, list[int]]:
     """The clips the run trained on, decoded from its shards: (N, 3, F, H, W) in [-1, 1], labels."""
     from dfm_video.config import config_from_dict, config_to_dict
-    from dfm_video.data.loader import open_training_data
+    from dfm_video.data.mixture import open_data
     from dfm_video.dfm import recompose
     from dfm_video.sample import decode_latents
 
     d = config_to_dict(gen.cfg)
     d["data"] = {**d["data"], "shards": gen.meta["source"], "num_workers": 0}
-    data = open_training_data(config_from_dict(d, "demo report"), "demo report")
+    data = open_data(config_from_dict(d, "demo report"), "demo report").buckets[0]
     lat, labels = [], []
     for i in range(len(data.dataset)):
         levels, y = data.dataset[i]

@@ -16,20 +16,24 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dfm_video.config.schema import DFMConfig
+
+_DEFAULTS = DFMConfig()  # the defaults are the config's, documented there
+
 
 @dataclass(frozen=True)
 class TimestepParams:
     """The knobs of `sample_timesteps`; `from_config` reads them from `DFMConfig`."""
 
-    stage_probs: tuple[float, ...] = (0.9, 0.1)
-    current_loc: float = 0.0
-    current_scale: float = 1.0
-    earlier_loc: float = 1.5
-    earlier_scale: float = 1.0
-    stage_sampling: Literal["per_sample", "per_batch"] = "per_sample"
+    stage_probs: tuple[float, ...] = tuple(_DEFAULTS.stage_probs)
+    current_loc: float = _DEFAULTS.current_loc
+    current_scale: float = _DEFAULTS.current_scale
+    earlier_loc: float = _DEFAULTS.earlier_loc
+    earlier_scale: float = _DEFAULTS.earlier_scale
+    stage_sampling: Literal["per_sample", "per_batch"] = _DEFAULTS.stage_sampling
 
     @classmethod
-    def from_config(cls, dfm_cfg: object) -> "TimestepParams":
+    def from_config(cls, dfm_cfg: DFMConfig) -> "TimestepParams":
         return cls(
             stage_probs=tuple(dfm_cfg.stage_probs),
             current_loc=dfm_cfg.current_loc,

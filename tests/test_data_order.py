@@ -1,0 +1,78 @@
+"""The one training-data path reproduces the sample order and resume fingerprint of runs started with the
+two-path reader it replaced (recorded in tests/fixtures/data_order_reference.json from commit 814331b by
+tests/fixtures/make_data_order_reference.py): a run resumes on the same samples, and its resume guard
+accepts the data."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dfm_video.config import load_config
+from dfm_video.data.mixture import open_data
+from dfm_video.data.sampler import ResumableSampler
+from dfm_video.train.resume_guard import data_fingerprint
+
+REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "data_order_reference.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "record", REFERENCE["single"], ids=lambda r: "n{}-G{}-M{}-W{}-seed{}-shuffle{}-start{}".format(*r["case"])
+)
+def test_one_dataset_is_one_bucket_with_the_recorded_order(record) -> None:
+    n, G, M, W, seed, shuffle, start = record["case"]
+    for r, expected in enumerate(record["ranks"]):
+        sampler = ResumableSampler(
+            [n], [1], global_batch=G, micro_batch=M, rank=r, world_size=W, seed=seed, shuffle=shuffle, start=start
+        )
+        flat = itertools.chain.from_iterable(sampler)
+        assert list(itertools.islice(flat, len(expected))) == expected, f"rank {r}"
+
+
+@pytest.mark.parametrize(
+    "record", REFERENCE["mix"], ids=lambda r: "sizes{}-shares{}-M{}-W{}-start{}".format(*r["case"][:4], r["case"][6])
+)
+def test_a_mix_keeps_the_recorded_order(record) -> None:
+    sizes, shares, M, W, seed, shuffle, start = record["case"]
+    for r, expected in enumerate(record["ranks"]):
+        sampler = ResumableSampler(
+            sizes,
+            shares,
+            global_batch=M * W,
+            micro_batch=M,
+            rank=r,
+            world_size=W,
+            seed=seed,
+            shuffle=shuffle,
+            start=start,
+        )
+        assert list(itertools.islice(sampler, len(expected))) == expected, f"rank {r}"
+
+
+def test_one_dataset_keeps_its_resume_fingerprint_and_batches(tiny_shards) -> None:
+    ref = REFERENCE["tiny_shards"]
+    cfg = load_config("tiny.yaml", [f"data.shards={tiny_shards}", "data.num_workers=0", *ref["overrides"]])
+    data = open_data(cfg)
+    meta = {k: v for k, v in data.dataset_meta().items() if k != "source"}
+    assert len(data.dataset) == ref["num_samples"]
+    assert json.loads(json.dumps(meta)) == ref["meta"]
+    assert data_fingerprint(data.dataset_meta(), len(data.dataset)) == ref["fingerprint"]
+    assert cfg.dfm.standardize is True  # resolved on the run's own config, which the resume guard compares
+    # the DataLoader's micro-batches are the sampler's, in order, with their labels
+    G, M = cfg.distributed.global_batch_size, cfg.distributed.micro_batch_size
+    sampler = ResumableSampler(
+        [len(data.dataset)], [1], global_batch=G, micro_batch=M, rank=0, world_size=1, seed=cfg.train.seed
+    )
+    cpu = torch.device("cpu")
+    for (levels, labels), idx in zip(
+        data.batches(rank=0, world_size=1, start=0, device=cpu), itertools.islice(sampler, 4)
+    ):
+        items = [data.dataset[i] for i in idx]
+        stacked = [torch.stack([it[0][s] for it in items]) for s in range(len(levels))]
+        want_levels, want_labels = data.buckets[0].prepare(stacked, torch.tensor([it[1] for it in items]), cpu)
+        assert torch.equal(labels, want_labels) and all(torch.equal(a, b) for a, b in zip(levels, want_levels))
+        assert levels[-1].shape[0] == M
