@@ -55,7 +55,9 @@ def test_a_mix_keeps_the_recorded_order(record) -> None:
 
 def test_one_dataset_keeps_its_resume_fingerprint_and_batches(tiny_shards) -> None:
     ref = REFERENCE["tiny_shards"]
-    cfg = load_config("tiny.yaml", [f"data.shards={tiny_shards}", "data.num_workers=0", *ref["overrides"]])
+    # dfm.standardize null: the run's config must come back resolved, as the resume guard compares it
+    over = [f"data.shards={tiny_shards}", "data.num_workers=0", "dfm.standardize=null", *ref["overrides"]]
+    cfg = load_config("tiny.yaml", over)
     data = open_data(cfg)
     meta = json.loads(json.dumps({k: v for k, v in data.dataset_meta().items() if k != "source"}))
     assert len(data.dataset) == ref["num_samples"]
@@ -72,7 +74,7 @@ def test_one_dataset_keeps_its_resume_fingerprint_and_batches(tiny_shards) -> No
             atol=0,
         )
     assert data_fingerprint({**meta, "stats": want_stats}, len(data.dataset)) == ref["fingerprint"]
-    assert cfg.dfm.standardize is True  # resolved on the run's own config, which the resume guard compares
+    assert cfg.dfm.standardize is True  # resolved on the run's own config
     # the DataLoader's micro-batches are the sampler's, in order, with their labels
     G, M = cfg.distributed.global_batch_size, cfg.distributed.micro_batch_size
     sampler = ResumableSampler(
