@@ -170,12 +170,12 @@ def test_new_checkers_catch_violations(tmp_path, monkeypatch):
     for rel, text in {
         "dfm_video/sampling/runner.py": "from dfm_video.train.export import export_weights\n",
         "dfm_video/sampling/plan.py": "",
-        "dfm_video/sampling/dist.py": "",
+        "dfm_video/sampling/launch.py": "",
         "dfm_video/sample.py": "import dfm_video.train.checkpoint\n",
         "dfm_video/train/export.py": "def main():\n    from dfm_video.sample import load_generator\n",
         "dfm_video/demo/report.py": "from dfm_video import sample\n",
         "dfm_video/evaluate.py": "from dfm_video.sampling import Launch, plan\n",
-        "dfm_video/eval/extract.py": "from dfm_video.sampling.dist import Launch\n",
+        "dfm_video/eval/extract.py": "from dfm_video.sampling.launch import Launch\n",
         "dfm_video/eval/videos.py": "from dfm_video.sampling import SAMPLING_RECORD\n",
         "kernels/op.py": "class F:\n    def forward(self):\n        from . import ref\n",
     }.items():
@@ -188,7 +188,7 @@ def test_new_checkers_catch_violations(tmp_path, monkeypatch):
         "dfm_video/train/export.py",
     ]
     assert sorted(v.split(" imports ")[1] for v in sampling_internals_in_eval()) == [
-        "dfm_video.sampling.dist",
+        "dfm_video.sampling.launch",
         "dfm_video.sampling.plan",
     ]
     assert [v.split(":")[0] for v in late_imports(*PROJECT)] == ["dfm_video/train/export.py", "kernels/op.py"]

@@ -3,11 +3,10 @@
 `generator` (load weights, resolve labels, generate, decode, write), `plan` (labels, per-sample
 noise, which rank makes which batch), `writer` (file names, atomic writes, the folder's settings
 record), `codec` (finding the autoencoder), `runner` (the loop over this rank's batches with resume
-and progress), `dist` (launcher environment and the few collectives). Nothing here imports
+and progress), `launch` (launcher environment and the few collectives). Nothing here imports
 `dfm_video.train`; training and evaluation use the names below, not the submodules.
 """
 
-from dfm_video.sampling.dist import Launch
 from dfm_video.sampling.generator import (
     Generator,
     decode_latents,
@@ -16,6 +15,7 @@ from dfm_video.sampling.generator import (
     resolve_labels,
     write_outputs,
 )
+from dfm_video.sampling.launch import Launch
 from dfm_video.sampling.plan import global_batches
 from dfm_video.sampling.runner import run as run_sampling
 from dfm_video.sampling.writer import RECORD as SAMPLING_RECORD

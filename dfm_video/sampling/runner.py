@@ -24,8 +24,8 @@ from dfm_video.data.mixture import bucket_meta
 from dfm_video.dfm import count_nfe, sampling_schedule
 from dfm_video.media import contact_sheet, to_uint8, write_png
 from dfm_video.sampling import plan, writer
-from dfm_video.sampling.dist import Launch
 from dfm_video.sampling.generator import Generator, decode_latents, generate, load_generator, resolve_labels
+from dfm_video.sampling.launch import Launch
 
 #: Progress lines and notes; `python -m dfm_video.sample` shows INFO on stderr.
 log = logging.getLogger("dfm_video.sample")
