@@ -5,6 +5,8 @@ Layout of a run directory: `<run>/checkpoints/step_XXXXXXXX/` (a complete checkp
 `<run>/checkpoints/latest` naming the newest one; `<run>/export/` holds the sampler's export
 (`model.safetensors` + `config.yaml` + `dataset.json`). Writing lives in `dfm_video/train`;
 everything here only reads, never unpickles, and needs neither DeepSpeed nor a process group.
+`resolve_weights_source` and `read_weights` turn any path the sampler accepts (a run directory, an
+export, a checkpoint folder) into weights, config and dataset meta.
 """
 
 from __future__ import annotations
