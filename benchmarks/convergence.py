@@ -34,7 +34,7 @@ from dfm_video.eval.frechet import feature_statistics, frechet_distance
 from dfm_video.evaluate import build_fid, build_fvd
 from dfm_video.media import to_uint8
 from dfm_video.models import build_model
-from dfm_video.sample import Generator, decode_latents, generate
+from dfm_video.sampling import Generator, decode_latents, generate
 from dfm_video.train.ema import EMA
 from dfm_video.train.param_groups import param_groups
 

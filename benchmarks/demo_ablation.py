@@ -23,7 +23,7 @@ from benchmarks.convergence import real_clips, train_loop
 from dfm_video.config import load_config
 from dfm_video.demo.measures import fine_level_std, quality_summary
 from dfm_video.dfm import LevelStats
-from dfm_video.sample import decode_latents, generate
+from dfm_video.sampling import decode_latents, generate
 
 BASE = (
     "model.depth=4",

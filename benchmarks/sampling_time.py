@@ -18,7 +18,7 @@ import torch
 
 from dfm_video.config import load_config
 from dfm_video.models import build_model
-from dfm_video.sample import Generator, generate
+from dfm_video.sampling import Generator, generate
 
 SIZES = {
     # name: (overrides, latent (C, T, H, W))

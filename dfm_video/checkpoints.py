@@ -5,6 +5,8 @@ Layout of a run directory: `<run>/checkpoints/step_XXXXXXXX/` (a complete checkp
 `<run>/checkpoints/latest` naming the newest one; `<run>/export/` holds the sampler's export
 (`model.safetensors` + `config.yaml` + `dataset.json`). Writing lives in `dfm_video/train`;
 everything here only reads, never unpickles, and needs neither DeepSpeed nor a process group.
+`resolve_weights_source` and `read_weights` turn any path the sampler accepts (a run directory, an
+export, a checkpoint folder) into weights, config and dataset meta.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from dfm_video.config import Config, load_config
+from dfm_video.config import Config, config_from_dict, load_config, validate
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -137,3 +139,37 @@ def load_file_metadata(src: Path) -> dict[str, str]:
         return {}
     with safe_open(str(path), "pt") as f:
         return dict(f.metadata() or {})
+
+
+def resolve_weights_source(path: str | Path) -> Path:
+    """The folder whose weights a path means: an export or complete checkpoint folder itself; a run
+    directory's export (else its latest checkpoint); a checkpoints root's latest checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"--checkpoint {path}: no such file or directory")
+    if (path / WEIGHTS).is_file() or (path / COMPLETE).is_file():
+        return path
+    if (path / "export" / WEIGHTS).is_file():
+        return path / "export"
+    for root in (path / "checkpoints", path):
+        tag = latest_tag(root)
+        if tag is not None:
+            return root / tag
+    raise ValueError(
+        f"--checkpoint {path}: not an export folder ({WEIGHTS}), a complete checkpoint folder ({COMPLETE}) "
+        "or a run directory holding either"
+    )
+
+
+def read_weights(src: Path) -> tuple[dict[str, torch.Tensor], Config, dict[str, Any], bool]:
+    """Weights, validated config and dataset meta of an export or a complete checkpoint folder
+    (`resolve_weights_source` finds one); the flag is True when the weights are flat ZeRO-3
+    partitions that the caller must cut to the model's shapes."""
+    src = Path(src)
+    if (src / WEIGHTS).is_file():
+        weights, cfg, meta = load_export(src)
+        return weights, cfg, meta, False
+    weights, cfg_dict, meta, partitioned = read_checkpoint_weights(src)
+    cfg = config_from_dict(cfg_dict, str(src))
+    validate(cfg, str(src))
+    return weights, cfg, meta, partitioned

@@ -28,15 +28,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+import av
 import numpy as np
+import scipy
 import torch
 from torch import Tensor
 
-from dfm_video.eval import cache, sha256_file
+from dfm_video.eval import cache, dinov2, i3d, inception, sha256_file
 from dfm_video.eval.extract import FeatureExtractor, extract_features
 from dfm_video.eval.frechet import METHODS, feature_statistics, frechet_distance
 from dfm_video.eval.videos import ClipSpec, is_shard_dataset, select_videos
-from dfm_video.sampling.dist import Launch
+from dfm_video.sampling import SAMPLES_REPORT, Launch
 
 log = logging.getLogger("dfm_video.evaluate")
 
@@ -75,8 +77,6 @@ def _same_shape_groups(clips: list[Tensor]) -> list[Tensor]:
 
 
 def build_fvd(weights: str | None, device: torch.device, num_frames: int) -> FeatureExtractor:
-    from dfm_video.eval import i3d
-
     if num_frames < i3d.I3D_MIN_FRAMES:
         raise ValueError(f"FVD needs --frames >= {i3d.I3D_MIN_FRAMES} (I3D's minimum), got {num_frames}")
     if num_frames != i3d.FVD_FRAMES:
@@ -100,8 +100,6 @@ def build_fvd(weights: str | None, device: torch.device, num_frames: int) -> Fea
 
 
 def build_fid(weights: str | None, device: torch.device, batch_size: int) -> FeatureExtractor:
-    from dfm_video.eval import inception
-
     path = inception.inception_weights_path(weights)
     model = inception.load_inception(path, device)
 
@@ -115,8 +113,6 @@ def build_fid(weights: str | None, device: torch.device, batch_size: int) -> Fea
 
 
 def build_fdd(weights: str | None, device: torch.device, batch_size: int) -> FeatureExtractor:
-    from dfm_video.eval import dinov2
-
     if weights is None:
         raise ValueError(FDD_NEEDS_WEIGHTS)
     model = dinov2.load_dinov2(weights, device)
@@ -136,7 +132,7 @@ def build_fdd(weights: str | None, device: torch.device, batch_size: int) -> Fea
 
 def samples_clip_spec(fake: str) -> Optional[dict]:
     """fps / size / frames of a sampling output folder (its samples.json), or None."""
-    path = Path(fake).expanduser() / "samples.json"
+    path = Path(fake).expanduser() / SAMPLES_REPORT
     if not path.is_file():
         return None
     try:
@@ -250,9 +246,6 @@ def evaluate(
             num_fake_samples=int(f.shape[0]),
             real_statistics="cached" if e.name in cached else "computed",
         )
-    import av
-    import scipy
-
     return {
         "metrics": values,
         "settings": {
@@ -367,9 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="sqrtm: scipy.linalg.sqrtm as pytorch-fid (default); eigh: same value, much faster",
     )
     p.add_argument("--out", default=None, help="write the JSON report here")
-    p.add_argument(
-        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
-    )  # the deepspeed launcher passes it
+    # The DeepSpeed launcher passes --local_rank to every rank (torchrun sets LOCAL_RANK instead):
+    # part of the launcher contract, so accepted and hidden from --help.
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
 

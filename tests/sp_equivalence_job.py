@@ -21,7 +21,7 @@ from dfm_video.dfm import TimestepParams, dfm_objective, level_shapes
 from dfm_video.models import build_model
 from dfm_video.parallel.apply import apply_sequence_parallel
 from dfm_video.parallel.groups import build_sequence_parallel_groups
-from dfm_video.sample import Generator, generate
+from dfm_video.sampling import Generator, generate
 
 TOL = 1e-5
 

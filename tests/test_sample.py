@@ -18,7 +18,8 @@ from train_helpers import ROOT, cpu_env, deepspeed_cmd, run
 from dfm_video.config import load_config
 from dfm_video.dfm import level_shapes, recompose
 from dfm_video.models import build_model
-from dfm_video.sample import Generator, decode_latents, generate, load_generator, main, resolve_labels, write_outputs
+from dfm_video.sample import main
+from dfm_video.sampling import Generator, decode_latents, generate, load_generator, resolve_labels, write_outputs
 
 pytestmark = pytest.mark.slow
 

@@ -125,7 +125,7 @@ def test_zero3_in_training_samples_quiet_console_and_loss_png(tiny_shards, tmp_p
     # seed and sampler) gives the same videos up to the mp4 encoding, compared on luma (4:2:0 mp4
     # halves the chroma resolution, which noise-like early samples do not survive)
     from dfm_video.media import to_uint8
-    from dfm_video.sample import decode_latents, generate, load_generator
+    from dfm_video.sampling import decode_latents, generate, load_generator
 
     gen = load_generator(out / "export")
     sc = gen.cfg.sample

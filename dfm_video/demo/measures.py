@@ -1,4 +1,4 @@
-"""Cheap, reference-free checks that generated clips look like the training clips (issue 14).
+"""Cheap, reference-free checks that generated clips look like the training clips.
 
 Videos are float tensors (B, 3, F, H, W) in [-1, 1] (what the autoencoders decode to).
 
@@ -62,7 +62,7 @@ def fine_level_std(
 
 
 def quality_summary(samples: Tensor, references: Tensor) -> dict[str, float]:
-    """Issue 14's numbers for one method: hf energy ratio samples / references, PSNR to nearest."""
+    """The demo's numbers for one method: hf energy ratio samples / references, PSNR to nearest."""
     hf_s, hf_r = hf_energy(samples), hf_energy(references)
     psnr, _ = psnr_to_nearest(samples, references)
     return {

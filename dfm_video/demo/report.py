@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -28,17 +29,20 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from dfm_video.config import config_from_dict, config_to_dict
 from dfm_video.console import configure_output
+from dfm_video.data.mixture import open_data
 from dfm_video.demo.measures import fine_level_std, quality_summary
+from dfm_video.dfm import LevelStats, recompose
+from dfm_video.eval.frechet import feature_statistics, frechet_distance
+from dfm_video.evaluate import build_fvd
+from dfm_video.media import to_uint8
+from dfm_video.sampling import Generator, decode_latents, generate, load_generator
+from dfm_video.train.plots import plot_losses
 
 
-def training_clips(gen) -> tuple[Tensor, list[int]]:
+def training_clips(gen: Generator) -> tuple[Tensor, list[int]]:
     """The clips the run trained on, decoded from its shards: (N, 3, F, H, W) in [-1, 1], labels."""
-    from dfm_video.config import config_from_dict, config_to_dict
-    from dfm_video.data.mixture import open_data
-    from dfm_video.dfm import recompose
-    from dfm_video.sample import decode_latents
-
     d = config_to_dict(gen.cfg)
     d["data"] = {**d["data"], "shards": gen.meta["source"], "num_workers": 0}
     data = open_data(config_from_dict(d, "demo report"), "demo report").buckets[0]
@@ -51,8 +55,6 @@ def training_clips(gen) -> tuple[Tensor, list[int]]:
 
 
 def _frames(video: Tensor, n: int, scale: int) -> list[np.ndarray]:
-    from dfm_video.media import to_uint8
-
     v = to_uint8(video)  # (T, H, W, 3)
     idx = np.linspace(0, v.shape[0] - 1, num=min(n, v.shape[0])).round().astype(int)
     return [v[i].repeat(scale, axis=0).repeat(scale, axis=1) for i in idx]
@@ -83,9 +85,6 @@ def _upsample_to(video: Tensor, like: Tensor) -> Tensor:
 
 
 def run(dfm_dir: str, fm_dir: str, out: str, num_samples: int = 12, fvd: bool = True) -> dict:
-    from dfm_video.dfm import LevelStats
-    from dfm_video.sample import decode_latents, generate, load_generator
-
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     gens = {"DFM": load_generator(dfm_dir), "FM": load_generator(fm_dir)}
@@ -117,10 +116,6 @@ def run(dfm_dir: str, fm_dir: str, out: str, num_samples: int = 12, fvd: bool = 
             previews = decode_latents(gen, prev[0])
         summary["methods"][name] = row
     if fvd:
-        from dfm_video.eval.frechet import feature_statistics, frechet_distance
-        from dfm_video.evaluate import build_fvd
-        from dfm_video.media import to_uint8
-
         ext = build_fvd(None, torch.device("cpu"), real.shape[2])
 
         def stats(v: Tensor, what: str):
@@ -143,8 +138,6 @@ def run(dfm_dir: str, fm_dir: str, out: str, num_samples: int = 12, fvd: bool = 
         if previews is not None:
             rows.append((f"{label}: DFM preview", _upsample_to(previews[i : i + 1], real[:1])[0]))
     sheet = comparison_sheet(rows, out_dir / "comparison.png")
-    from dfm_video.train.plots import plot_losses
-
     curves = plot_losses(
         {"DFM": Path(dfm_dir) / "metrics.jsonl", "FM": Path(fm_dir) / "metrics.jsonl"},
         out_dir / "loss_curves.png",
@@ -191,8 +184,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
     if not configure_output(args.verbose):
-        import logging
-
         logging.getLogger("dfm_video.evaluate").setLevel(logging.ERROR)  # "9-frame FVD" note: the summary says so
     try:
         s = run(args.dfm, args.fm, args.out, args.num_samples, fvd=not args.no_fvd)

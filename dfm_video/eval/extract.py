@@ -19,8 +19,7 @@ import torch
 from torch import Tensor
 
 from dfm_video.eval.videos import ClipSpec, iter_items, select_videos
-from dfm_video.sampling.dist import Launch
-from dfm_video.sampling.plan import global_batches
+from dfm_video.sampling import Launch, global_batches
 
 log = logging.getLogger("dfm_video.evaluate")
 

@@ -25,15 +25,19 @@ from typing import Optional
 
 import av
 import numpy as np
+import pyarrow.parquet as pq
 import torch
+from PIL import Image
 from torch import Tensor
 
+from dfm_video.autoencoders import load_autoencoder
 from dfm_video.data import schema
+from dfm_video.dfm import recompose
+from dfm_video.media import resize_crop, sample_indices, to_uint8
+from dfm_video.sampling import SAMPLES_REPORT, SAMPLING_RECORD
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
-SAMPLES_FILE = "samples.json"  # dfm_video.sample's report: its samples, not the contact sheet or previews
-SAMPLING_RECORD = "sampling.json"  # dfm_video.sampling.writer.RECORD (not imported: eval stays light)
 log = logging.getLogger(__name__)
 
 
@@ -56,8 +60,6 @@ def is_shard_dataset(path: Path) -> bool:
 
 def _shard_items(root: Path) -> tuple[list[tuple[Path, int]], list[int]]:
     """(shard, row) of every clip of a dataset in shard-name then row order, and each one's label id."""
-    import pyarrow.parquet as pq
-
     info = schema.DatasetInfo.load(root)
     items, labels = [], []
     for p in info.shards:
@@ -74,10 +76,6 @@ def _decode_shard_clips(
     device: Optional[torch.device] = None,
     size: Optional[tuple[int, int]] = None,
 ) -> Iterator[Tensor]:
-    from dfm_video.autoencoders import load_autoencoder
-    from dfm_video.dfm import recompose
-    from dfm_video.media import to_uint8
-
     info = schema.DatasetInfo.load(root)
     codec = info.autoencoder
     patch = (int(codec.get("temporal", 1)), *[int(v) for v in codec.get("spatial", (1, 1))])
@@ -132,9 +130,9 @@ def list_videos(path: str | Path) -> list[Path]:
     _check_dir(root)
     if (root / SAMPLING_RECORD).is_file():
         files = sorted((p for p in root.glob("sample_*") if _is_media(p)), key=_sample_index)
-    elif (root / SAMPLES_FILE).is_file():
+    elif (root / SAMPLES_REPORT).is_file():
         files = sorted(
-            (root / Path(p).name for p in json.loads((root / SAMPLES_FILE).read_text())["samples"]),
+            (root / Path(p).name for p in json.loads((root / SAMPLES_REPORT).read_text())["samples"]),
             key=lambda p: p.name,
         )
     else:
@@ -149,8 +147,6 @@ def list_videos(path: str | Path) -> list[Path]:
 def _crop(frames: Tensor, size: Optional[tuple[int, int]]) -> Tensor:
     if size is None or tuple(frames.shape[1:3]) == tuple(size):
         return frames
-    from dfm_video.media import resize_crop
-
     return torch.from_numpy(resize_crop(frames.numpy(), size))
 
 
@@ -170,8 +166,6 @@ def read_video(
     if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
         if num_frames != 1:
             raise ValueError(f"{path}: is an image, so clips have 1 frame; use --frames 1 (got {num_frames})")
-        from PIL import Image
-
         try:
             with Image.open(path) as im:
                 return _crop(torch.from_numpy(np.array(im.convert("RGB"))[None]), size)
@@ -185,8 +179,6 @@ def read_video(
             stream.thread_type = "AUTO"
             wanted = list(range(num_frames))
             if fps is not None:
-                from dfm_video.media import sample_indices
-
                 src = float(stream.average_rate) if stream.average_rate else 0.0
                 if src < fps * (1 - 1e-3):
                     raise ValueError(f"{path}: stream is {src:.3f} fps, below the requested {fps} fps (--fps)")

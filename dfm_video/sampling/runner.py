@@ -10,19 +10,25 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import torch
+from PIL import Image
 
 from dfm_video.data.mixture import bucket_meta
 from dfm_video.dfm import count_nfe, sampling_schedule
 from dfm_video.media import contact_sheet, to_uint8, write_png
 from dfm_video.sampling import plan, writer
-from dfm_video.sampling.dist import Launch
+from dfm_video.sampling.generator import Generator, decode_latents, generate, load_generator, resolve_labels
+from dfm_video.sampling.launch import Launch
+
+#: Progress lines and notes; `python -m dfm_video.sample` shows INFO on stderr.
+log = logging.getLogger("dfm_video.sample")
 
 
 def _floats(text: str, n: int, flag: str) -> tuple[float, ...]:
@@ -35,10 +41,8 @@ def _floats(text: str, n: int, flag: str) -> tuple[float, ...]:
     return vals
 
 
-def _labels(gen: Any, args: argparse.Namespace, num: int) -> tuple[list[int], dict[str, Any]]:
+def _labels(gen: Generator, args: argparse.Namespace, num: int) -> tuple[list[int], dict[str, Any]]:
     """Per-index class ids and how they were chosen (part of the folder's record)."""
-    from dfm_video.sample import resolve_labels
-
     if args.labels_file:
         if args.label is not None or args.class_id is not None:
             raise ValueError("give --labels-file or --label / --class-id, not both")
@@ -59,30 +63,26 @@ def _eta(seconds: float) -> str:
 def _read_back(path: Path) -> np.ndarray:
     """A written sample as (T, H, W, 3) uint8 (for the contact sheet)."""
     if path.suffix == ".png":
-        from PIL import Image
-
         return np.asarray(Image.open(path).convert("RGB"))[None]
-    import av
-
     with av.open(str(path)) as c:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Sample this rank's share of `--num-samples` into `--out`; the report (complete on rank 0)."""
-    from dfm_video.sample import decode_latents, generate, load_generator
+    """Sample this rank's share of `--num-samples` into `--out`; the report (complete on rank 0).
 
-    launch = Launch.from_env(getattr(args, "local_rank", None))
+    `args` holds the options of `python -m dfm_video.sample` (its `parse_args`)."""
+    launch = Launch.from_env(args.local_rank)
     device = launch.device(args.device)
     if args.dtype == "bf16" and device.type != "cuda":
-        print("note: --dtype bf16 on CPU is slow; it is meant for GPUs", file=sys.stderr)
+        log.warning("--dtype bf16 on CPU is slow; it is meant for GPUs")
     gen = load_generator(
         args.checkpoint,
         device,
         torch.bfloat16 if args.dtype == "bf16" else torch.float32,
         autoencoder_path=args.autoencoder_path,
     )
-    if getattr(args, "bucket", None) is not None:  # a model trained on data.mix: which dataset's shape
+    if args.bucket is not None:  # a model trained on data.mix: which dataset's shape
         gen = dataclasses.replace(gen, meta=bucket_meta(gen.meta, args.bucket))
     sc = gen.cfg.sample
     steps = [int(v) for v in args.steps.split(",")] if args.steps else list(sc.steps)
@@ -157,11 +157,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if not args.no_progress:
                 done = sum(len(batches[m]) for m in mine[: mine.index(k) + 1])
                 rate = done / max(time.time() - t0, 1e-9)
-                print(
-                    f"[rank {launch.rank}/{launch.world}] {done}/{todo_total} samples, {rate:.3g}/s, "
-                    f"ETA {_eta((todo_total - done) / rate)}",
-                    file=sys.stderr,
-                    flush=True,
+                log.info(
+                    "[rank %d/%d] %d/%d samples, %.3g/s, ETA %s",
+                    launch.rank,
+                    launch.world,
+                    done,
+                    todo_total,
+                    rate,
+                    _eta((todo_total - done) / rate),
                 )
         total_written, total_batches = launch.sum([written, len(mine)])
     finally:

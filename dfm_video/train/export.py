@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from dfm_video.checkpoints import AUTOENCODER, CONFIG, DATASET, WEIGHTS, load_file_metadata
 from dfm_video.config import Config, save_config
+from dfm_video.sampling import load_generator  # the export is checked by loading it with the sampler's loader
 
 BUNDLE_CHOICES = ("none", "config", "weights")
 log = logging.getLogger(__name__)
@@ -95,7 +96,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     p.add_argument("--autoencoder-path", default=None, help="where the autoencoder is, if not at its recorded path")
     args = p.parse_args(argv)
-    from dfm_video.sample import load_generator  # the sampler's loader: the export is checked by loading it
 
     try:
         gen = load_generator(args.checkpoint, "cpu", torch.float32, autoencoder_path=args.autoencoder_path)

@@ -4,7 +4,7 @@ Every rank calls `run(step)` at the same step: under ZeRO-3 the EMA weights are 
 gathering them is a collective (all ranks must take part or the job deadlocks); under ZeRO 0-2
 every rank already holds the whole EMA and only rank 0 copies it. Rank 0 then builds a plain
 (non-DeepSpeed) model from the config, loads the EMA weights and samples with the stage-wise
-sampler of `dfm_video.sample` (the config's sample.steps / tau / cfg_scale), the same labels and
+sampler of `dfm_video.sampling` (the config's sample.steps / tau / cfg_scale), the same labels and
 the same noise seed every time, so successive videos show the model's progress, not new noise.
 The other ranks go on to the next step and wait in its first collective.
 """
@@ -22,6 +22,7 @@ from PIL import Image
 from dfm_video.config import Config
 from dfm_video.media import to_uint8
 from dfm_video.models import build_model
+from dfm_video.sampling import Generator, decode_latents, generate, write_outputs
 from dfm_video.train.ema import EMA
 
 
@@ -71,8 +72,6 @@ class InTrainingSampler:
         weights = ema.full_state_dict() if ema.partitioned or self.rank == 0 else None
         if self.rank != 0:
             return None
-        from dfm_video.sample import Generator, decode_latents, generate, write_outputs
-
         model = build_model(self.cfg.model, self.cfg.dfm)
         model.load_state_dict(weights)
         model.to(self.device).eval()
