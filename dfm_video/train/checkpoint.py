@@ -366,12 +366,16 @@ def remove_universal(ckpt_root: Path) -> None:
 class CheckpointManager:
     """One run folder's checkpoints. The trainer's calls, in order:
 
-        ckpt = CheckpointManager(out_dir, cfg_dict, dataset_meta, num_samples, keep_last=...)
+        ckpt = CheckpointManager(out_dir, cfg_dict, dataset_meta, num_samples, keep_last=K, lr=LR)
         ckpt.plan(resume, world_size, zero_stage, ...)  every rank, before any process group
         ckpt.open_run_dir(rank, world_size)             after init: --overwrite, shared folder, config_history
         ckpt.deepspeed_config(ds_config)                adds the universal-load setting when converting
         step, consumed = ckpt.restore(state)            after deepspeed.initialize; (0, 0) for a fresh run
         ckpt.save(state, step, samples_consumed, ...)   collective, at every checkpoint
+
+    `num_samples` and `dataset_meta` make the data fingerprint a resume is checked against; `lr` is
+    the configured base learning rate, which wins over the checkpoint's on restore (an unchanged
+    config makes that a no-op; a changed one needs `--allow-change optim.lr`).
 
     Fault `train.dump_state` = DIR: after every save and every restore, the whole training state by
     parameter name (state_dump.py) is written to DIR/{saved,resumed}_XXXXXXXX.safetensors (+ .json).
