@@ -1,5 +1,6 @@
-"""checkpoint.py and resume_guard.py / resume.py without a launcher: which checkpoint a run resumes
-from, pruning, torn or stray folders, and the config comparison on resume."""
+"""The checkpoint manager (train/checkpoint.py) and the config comparison (train/config_changes.py)
+without a launcher: which checkpoint a run resumes from, pruning, torn or stray folders, and what
+may change on resume."""
 
 from __future__ import annotations
 
@@ -13,10 +14,17 @@ from safetensors.torch import save_file
 
 from dfm_video.checkpoints import complete_tags, latest_tag, read_checkpoint_weights, read_ema, read_meta, tag_for
 from dfm_video.config import config_to_dict, load_config
-from dfm_video.train.checkpoint import prune, remove_dir
+from dfm_video.train.checkpoint import (
+    CheckpointManager,
+    _atomic_write,
+    _fsync_tree,
+    plan_start,
+    prune,
+    record_config,
+    remove_dir,
+)
+from dfm_video.train.config_changes import apply_optim_changes, compare_configs
 from dfm_video.train.ds_config import build_deepspeed_config
-from dfm_video.train.resume import plan_start
-from dfm_video.train.resume_guard import apply_optim_changes, compare_configs, record_config
 
 
 def _fake_ckpt(
@@ -160,6 +168,26 @@ def test_plan_start_guards_the_run_folder(tmp_path):
     assert len(list((tmp_path / "config_history").glob("*.yaml"))) == 1
 
 
+def test_the_manager_plans_another_world_size_as_a_universal_load(tmp_path):
+    cfg = config_to_dict(load_config(None, [f"train.output_dir={tmp_path}"]))
+    ckpt = CheckpointManager(tmp_path, cfg, {"labels": []}, 12, keep_last=2, lr=1e-3)
+    ds = {"train_batch_size": 6, "checkpoint": {"tag_validation": "Warn"}}
+    assert ckpt.plan("auto", 2, 2).checkpoint is None and ckpt.deepspeed_config(ds) == ds  # a fresh run
+    d = _fake_ckpt(tmp_path / "checkpoints", 8, cfg)
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps({**meta, "data_fingerprint": ckpt.fingerprint}))
+    _point(tmp_path / "checkpoints", 8)
+    plan = ckpt.plan("auto", 2, 2)
+    assert plan.checkpoint == d and plan.step == 8 and ckpt.deepspeed_config(ds) == ds  # same world size
+    assert ckpt.plan("auto", 3, 2).universal
+    universal = {"train_batch_size": 6, "checkpoint": {"tag_validation": "Warn", "load_universal": True}}
+    assert ckpt.deepspeed_config(ds) == universal
+    assert ds == {"train_batch_size": 6, "checkpoint": {"tag_validation": "Warn"}}  # not changed in place
+    other_data = CheckpointManager(tmp_path, cfg, {"labels": ["dog"]}, 12, keep_last=2, lr=1e-3)
+    with pytest.raises(ValueError, match="data.fingerprint"):
+        other_data.plan("auto", 2, 2)
+
+
 def test_an_allowed_lr_change_takes_effect_after_the_scheduler_state_is_restored():
     p = torch.nn.Parameter(torch.zeros(2))
     opt = torch.optim.AdamW([p], lr=1e-3)
@@ -210,8 +238,6 @@ def test_deepspeed_json_settings_and_overrides():
 
 
 def test_fsync_helpers_run_on_real_files(tmp_path):
-    from dfm_video.train.checkpoint import _atomic_write, _fsync_tree
-
     _fake_ckpt(tmp_path, 8)
     _fsync_tree(tmp_path)
     _atomic_write(tmp_path / "latest", "step_00000008\n")

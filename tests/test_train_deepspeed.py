@@ -17,6 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from train_helpers import BIN, ROOT, cpu_env, deepspeed_cmd, free_port, read_metrics, run
 
+from dfm_video import faults
+
 pytestmark = pytest.mark.slow
 
 # Global batch 6 divides over 1, 2 and 3 ranks (micro 6/nproc... here 3 on 2 ranks), so the
@@ -42,7 +44,7 @@ def reference_runs(tiny_shards, tmp_path_factory):
         out = tmp_path_factory.mktemp(f"ref-zero{stage}")
         r = run(
             deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF)),
-            env={"DFM_TEST_DUMP_STATE": str(out / "dump")},
+            env=faults.env(train__dump_state=str(out / "dump")),
         )
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         runs[stage] = out
@@ -90,12 +92,12 @@ def test_zero3_ema_matches_zero2(reference_runs):
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(reference_runs, tiny_shards, tmp_path, stage):
-    # The save of step 16 pauses after every shard is written but before COMPLETE (test hook): the
+    # The save of step 16 pauses after every shard is written but before COMPLETE (a fault): the
     # SIGKILL lands inside the save. The resume must start from step 8, not from the torn step 16,
     # and reproduce the uninterrupted run's losses and export bit for bit.
     out = tmp_path / "run"
     cmd = deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF))
-    env = {**cpu_env(), "DFM_TEST_SAVE_PAUSE": "16:60"}
+    env = {**cpu_env(), **faults.env(checkpoint__save_pause={"step": 16, "seconds": 60})}
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -143,7 +145,7 @@ def test_resume_on_another_world_size(reference_runs, tiny_shards, tmp_path, sta
         nproc=nproc,
         extra=["--resume", str(ref / "checkpoints" / "step_00000016")],
     )
-    r = run(cmd, env={"DFM_TEST_DUMP_STATE": str(out / "dump")})
+    r = run(cmd, env=faults.env(train__dump_state=str(out / "dump")))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "to a universal checkpoint" in r.stdout and "at step 16" in r.stdout
     assert not (out / "checkpoints" / ".universal").exists()
@@ -237,9 +239,10 @@ def test_non_finite_loss_and_gradient_steps_are_skipped(tiny_shards, tmp_path, s
                 "train.ckpt_every=1",
                 "train.keep_last=9",
             ),
-            extra=["--fail-at-step", "2", "--fail-grad-at-step", "4"],
         ),
-        env={"DFM_TEST_DUMP_STATE": str(out / "dump")},
+        env=faults.env(
+            train__nan_loss={"at_step": 2}, train__inf_grad={"at_step": 4}, train__dump_state=str(out / "dump")
+        ),
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "non-finite loss at step 2" in r.stderr and "non-finite gradients at step 4" in r.stderr
@@ -266,8 +269,8 @@ def test_consecutive_non_finite_steps_stop_the_run_naming_the_step(tiny_shards, 
     r = run(
         deepspeed_cmd(
             _overrides(tiny_shards, out, "train.steps=8", "train.max_nonfinite=3"),
-            extra=["--fail-at-step", "4", "--fail-times", "3"],
-        )
+        ),
+        env=faults.env(train__nan_loss={"at_step": 4, "times": 3}),
     )
     assert r.returncode == 3
     assert "stopping at step 6: 3 consecutive skipped steps" in r.stderr

@@ -1,4 +1,4 @@
-"""Trainer niceties (issue 14): loss-curve PNG, EMA samples during training under ZeRO-3 (a
+"""What the trainer reports besides checkpoints: loss-curve PNG, EMA samples during training under ZeRO-3 (a
 collective gather on every rank), quiet console by default, optional W&B."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from PIL import Image
 from train_helpers import BIN, free_port, run
 
 from dfm_video.config import load_config
-from dfm_video.train.extras import check_extras
+from dfm_video.train.monitor import check_monitoring
 from dfm_video.train.plots import plot_losses, read_series
 
 
@@ -44,12 +44,12 @@ def test_loss_plot_reads_metrics_and_draws_every_series(tmp_path):
         plot_losses({"run": tmp_path / "empty.jsonl"}, tmp_path / "x.png")
 
 
-def test_extras_config_errors_name_the_key():
+def test_monitoring_config_errors_name_the_key():
     with pytest.raises(ValueError, match="train.sample_every"):
-        check_extras(load_config(None, ["train.sample_every=-1"]))
+        check_monitoring(load_config(None, ["train.sample_every=-1"]))
     with pytest.raises(ValueError, match="train.sample_count"):
-        check_extras(load_config(None, ["train.sample_count=0"]))
-    check_extras(load_config(None, ["train.sample_every=10"]))
+        check_monitoring(load_config(None, ["train.sample_count=0"]))
+    check_monitoring(load_config(None, ["train.sample_every=10"]))
 
 
 @pytest.mark.skipif(
@@ -57,7 +57,7 @@ def test_extras_config_errors_name_the_key():
 )
 def test_wandb_without_the_package_is_a_config_error():
     with pytest.raises(ValueError, match=r"train.wandb=true but the wandb package is not installed"):
-        check_extras(load_config(None, ["train.wandb=true"]), "cfg.yaml")
+        check_monitoring(load_config(None, ["train.wandb=true"]), "cfg.yaml")
 
 
 @pytest.mark.skipif(

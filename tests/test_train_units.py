@@ -6,11 +6,13 @@ import math
 import pytest
 import torch
 
+from dfm_video import faults
 from dfm_video.config import load_config
 from dfm_video.data.sampler import ResumableSampler
 from dfm_video.dfm import TimestepParams, decompose, dfm_objective, drop_labels
 from dfm_video.train.ds_config import build_deepspeed_config, gradient_accumulation_steps
 from dfm_video.train.lr_schedule import lr_multiplier
+from dfm_video.train.step import InjectedFaults
 
 
 def test_deepspeed_json_is_derived_from_the_config():
@@ -190,3 +192,19 @@ def test_per_sample_generators_make_draws_independent_of_micro_batch_grouping():
     for a, b in zip(whole, halves):
         assert torch.equal(a, b)
     assert not torch.equal(whole[1][0], whole[1][1])  # each sample has its own draws
+
+
+def test_injected_faults_come_from_dfm_faults(monkeypatch):
+    monkeypatch.delenv(faults.ENV, raising=False)
+    none = InjectedFaults()
+    assert none.loss_steps == set() and none.grad_steps == set()
+    for k, v in faults.env(train__nan_loss={"at_step": 3, "times": 2}, train__inf_grad={"at_step": 6}).items():
+        monkeypatch.setenv(k, v)
+    f = InjectedFaults()
+    assert f.loss_steps == {3, 4} and f.grad_steps == {6}
+    one = torch.ones(())
+    assert torch.isnan(f.loss(3, one)) and torch.isnan(f.loss(4, one)) and f.loss(5, one) == 1
+    for step, expect_inf in ((5, False), (6, True)):
+        x = torch.ones(2, requires_grad=True)
+        (f.outputs(step, [x * 1.0])[0].sum()).backward()
+        assert bool(torch.isinf(x.grad).all()) == expect_inf, step

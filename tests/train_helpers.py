@@ -73,7 +73,7 @@ def deepspeed_cmd(
 
 
 def run(cmd: Sequence[str], timeout: float = 600, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
-    """`env`: extra variables (test hooks such as DFM_TEST_DUMP_STATE) on top of cpu_env()."""
+    """`env`: extra variables (faults: `dfm_video.faults.env(...)`) on top of cpu_env()."""
     return subprocess.run(
         list(cmd), cwd=ROOT, env={**cpu_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout
     )

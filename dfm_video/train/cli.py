@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Optional, Sequence
 
+from tqdm.auto import tqdm
+
 from dfm_video.config import load_config, require, resolve_config_path
 from dfm_video.console import configure_output
+from dfm_video.train.trainer import NonFiniteLossError, train
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -40,16 +44,38 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument(
         "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
     )  # set by the deepspeed launcher
-    # test hooks: NaN losses on N steps from one step; infinite gradients (finite loss) on one step
-    p.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--fail-times", type=int, default=1, help=argparse.SUPPRESS)
-    p.add_argument("--fail-grad-at-step", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+class _ConsoleHandler(logging.Handler):
+    """The trainer's messages on the console: information to stdout, warnings and errors to stderr
+    prefixed with their level, written past the rank-0 progress bar without breaking it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            stream = sys.stdout
+            if record.levelno >= logging.WARNING:
+                text, stream = f"{record.levelname.lower()}: {text}", sys.stderr
+            tqdm.write(text, file=stream)
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def log_to_console() -> None:
+    """Show `dfm_video.train`'s log records (rank 0 emits them) on the console, once per process."""
+    logger = logging.getLogger("dfm_video.train")
+    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(_ConsoleHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     configure_output(args.verbose)
+    log_to_console()
     try:
         path = resolve_config_path(args.config)
         cfg = load_config(path, args.overrides)
@@ -58,19 +84,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    # heavy imports (deepspeed) only after the config is valid
-    from dfm_video.train.trainer import NonFiniteLossError, train
-
     try:
         train(
             cfg,
             resume=args.resume,
             config_source=str(path),
-            fail_at_step=args.fail_at_step,
-            fail_times=args.fail_times,
             overwrite=args.overwrite,
             allow_change=args.allow_change,
-            fail_grad_at_step=args.fail_grad_at_step,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

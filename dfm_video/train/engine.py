@@ -10,6 +10,17 @@ from typing import Any
 import torch
 
 
+@dataclass
+class TrainState:
+    """What training updates and a checkpoint saves and restores: the DeepSpeed engine (model,
+    optimizer and ZeRO state), the EMA, the client optimizer and the LR scheduler as DeepSpeed holds it."""
+
+    engine: Any
+    ema: Any
+    optimizer: Any
+    scheduler: Any
+
+
 @dataclass(frozen=True)
 class DistInfo:
     rank: int

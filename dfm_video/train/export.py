@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 import torch
 from safetensors.torch import save_file
 
+from dfm_video.autoencoders.diffusers_vae import resolve_vae_dir
 from dfm_video.checkpoints import AUTOENCODER, CONFIG, DATASET, WEIGHTS, load_file_metadata
 from dfm_video.config import Config, save_config
 from dfm_video.sampling import load_generator  # the export is checked by loading it with the sampler's loader
@@ -40,8 +41,6 @@ def bundle_autoencoder(codec: dict[str, Any], out_dir: Path, what: str) -> Optio
         raise ValueError(f"autoencoder bundling must be one of {BUNDLE_CHOICES}, got {what!r}")
     if what == "none" or codec.get("kind", "pixel") == "pixel":
         return None
-    from dfm_video.autoencoders.diffusers_vae import resolve_vae_dir
-
     try:
         src = resolve_vae_dir(codec["kind"], codec.get("path", ""))
     except ValueError as exc:

@@ -1,7 +1,7 @@
 """The whole training state by parameter name, independent of world size and ZeRO stage: fp32
 master weights, Adam moments, EMA, LR. Used to check that a resume (on any world size) restores
-exactly what was saved: the tests (env `DFM_TEST_DUMP_STATE=DIR` makes the trainer dump after every
-save and after a resume) and benchmarks/bench_deepspeed.py's round trip on the GPU.
+exactly what was saved: the tests (fault `train.dump_state`, read by the checkpoint manager, dumps
+after every save and after a resume) and benchmarks/bench_deepspeed.py's round trip on the GPU.
 """
 
 from __future__ import annotations

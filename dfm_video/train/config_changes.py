@@ -1,27 +1,22 @@
-"""What may change between a checkpoint and the run that resumes it, and the run-directory guards.
+"""What may change between a checkpoint and the run that resumes it (pure functions, no process group).
 
 On resume the checkpoint's stored config (meta.json) is compared with the new one, key by key:
 - corrupting changes (the model, the DFM objective, the data and its fingerprint, the global batch,
   the seed) are refused, with every difference listed: the weights, the data position or the
   random stream would no longer mean what they meant;
-- harmless ones (steps, logging, checkpoint cadence, micro batch, workers) are allowed
-  and logged;
-- deliberate ones (learning rate and its schedule, clipping, EMA decay) need
+- harmless ones (steps, logging, checkpoint cadence, micro batch, workers) are allowed and logged;
+- deliberate ones (learning rate and its schedule, clipping, EMA decay, precision) need
   `--allow-change KEY` (or a prefix such as `optim`) and then take effect (`apply_optim_changes`);
 - anything else is refused as a corrupting change unless allowed explicitly, so a new config field
   is never silently ignored.
-The run directory keeps every config it ran with under `config_history/`.
+The checkpoint manager (checkpoint.py) calls `compare_configs` when it plans a resume.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
-from pathlib import Path
 from typing import Any, Iterable
-
-import yaml
 
 CORRUPTING = (
     "model.",
@@ -70,7 +65,6 @@ DELIBERATE = (
     "train.ema_decay",
     "distributed.precision",
 )
-RUN_ARTIFACTS = ("checkpoints", "metrics.jsonl", "tensorboard", "export", "config_history", "config.yaml")
 
 
 def _matches(key: str, patterns: Iterable[str]) -> bool:
@@ -92,6 +86,12 @@ def data_fingerprint(dataset_meta: dict, num_samples: int) -> str:
     keyed = {k: v for k, v in dataset_meta.items() if k != "source"}
     blob = json.dumps({"num_samples": num_samples, "meta": keyed}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def with_fingerprint(cfg_dict: dict, fingerprint: str) -> dict:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg_dict.items()}
+    out.setdefault("data", {})["fingerprint"] = fingerprint
+    return out
 
 
 def classify(key: str) -> str:
@@ -135,34 +135,6 @@ def compare_configs(old: dict, new: dict, allow: Iterable[str] = (), source: str
     if refused:
         raise ValueError(f"the config differs from {source}:\n  " + "\n  ".join(refused))
     return accepted
-
-
-def has_run_artifacts(out_dir: Path) -> list[str]:
-    return [n for n in RUN_ARTIFACTS if (out_dir / n).exists()]
-
-
-def clear_run(out_dir: Path) -> list[str]:
-    """--overwrite: remove an old run's files (each folder renamed to .deleting first)."""
-    from dfm_video.train.checkpoint import remove_dir  # no cycle: checkpoint does not import this module
-
-    found = has_run_artifacts(out_dir)
-    for n in found:
-        p = out_dir / n
-        remove_dir(p) if p.is_dir() else p.unlink()
-    return found
-
-
-def record_config(out_dir: Path, cfg_dict: dict, step: int, changes: list[str]) -> Path:
-    """config.yaml is the current config; config_history/ keeps one file per start, with the changes."""
-    hist = out_dir / "config_history"
-    hist.mkdir(parents=True, exist_ok=True)
-    n = len(list(hist.glob("*.yaml"))) + 1
-    path = hist / f"{n:04d}_step{step:08d}.yaml"
-    header = f"# started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} at step {step}\n"
-    header += "".join(f"# changed: {c}\n" for c in changes)
-    path.write_text(header + yaml.safe_dump(cfg_dict, sort_keys=False))
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
-    return path
 
 
 def apply_optim_changes(optimizer: Any, scheduler: Any, lr: float) -> None:
