@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
+# First: without a GPU the kernel tests run in Triton's interpreter, which must be requested before
+# anything imports triton (torch.utils.flop_counter does, during collection).
+import triton_helpers  # noqa: F401  # isort: skip
 
 import pytest
 import torch
-
-# Triton reads TRITON_INTERPRET when it is first imported, and torch.utils.flop_counter imports it
-# during collection: without a GPU the kernel tests run in the interpreter, so set it first.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 from image_helpers import make_image_shards
 from train_helpers import make_tiny_shards
 

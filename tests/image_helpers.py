@@ -1,4 +1,5 @@
-"""Real photographs for the image (T = 1) tests, and their shards made by the real Ray pipeline.
+"""Real photographs for the image (T = 1) tests, their shards made by the real Ray pipeline, and the
+tiny random DINOv2 that FDD is computed with in the evaluation tests.
 
 The photographs ship inside scikit-image's wheel (skimage/data/*.png|jpg, installed with the dev
 extra): they are read from the installed package folder, never fetched (skimage.data's pooch
@@ -12,14 +13,20 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
+import torch
 from train_helpers import ROOT, cpu_env
+
+from dfm_video.eval.dinov2 import DinoV2Config, DinoVisionTransformer
 
 # label -> photographs of scikit-image's wheel (camera.png is greyscale: the decoder makes it RGB)
 PHOTOS = {
     "scene": ["astronaut.png", "chelsea.png", "camera.png", "hubble_deep_field.jpg"],
     "object": ["coffee.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png"],
 }
+# No DINOv2 weights exist offline: FDD runs on this random one, saved and read back as real weights are.
+TINY_DINOV2 = DinoV2Config(embed_dim=64, depth=1, patch_size=14, pos_grid=4)
 # A FLUX-style KL autoencoder config (16 latent channels, shift and scale as FLUX.1's), tiny and random.
 FLUX_SHIFT, FLUX_SCALE = 0.1159, 0.3611
 
@@ -29,6 +36,15 @@ def skimage_data_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("scikit-image is not installed (pip install -e '.[dev]')")
     return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def save_tiny_dinov2(path: Path, seed: Optional[int] = None) -> Path:
+    """A random TINY_DINOV2's state dict at `path`. `seed` seeds torch's global RNG first; None draws
+    from it as it stands (so two calls give different weights)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    torch.save(DinoVisionTransformer(TINY_DINOV2).state_dict(), path)
+    return path
 
 
 def make_photo_folder(folder: Path, broken: bool = True) -> Path:
@@ -45,7 +61,6 @@ def make_photo_folder(folder: Path, broken: bool = True) -> Path:
 
 def save_flux_style_vae(folder: Path) -> Path:
     """A tiny random diffusers AutoencoderKL with FLUX's 16 channels, shift_factor and scaling_factor."""
-    import torch
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import time
 from pathlib import Path
 from typing import Iterable
 
@@ -83,49 +81,3 @@ def write_deepspeed_env(home: Path, env: dict[str, str]) -> Path:
     path = home / ".deepspeed_env"
     path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     return path
-
-
-def pids_with_environ(marker: str) -> list[tuple[int, str]]:
-    """(pid, comm) of every process (but this one) whose environment holds ``marker`` (KEY=VALUE)."""
-    needle = marker.encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            env = (entry / "environ").read_bytes()
-            if needle in env.split(b"\0"):
-                found.append((int(entry.name), (entry / "comm").read_text().strip()))
-        except OSError:
-            continue
-    return found
-
-
-def kill_by_environ(marker: str) -> list[str]:
-    """SIGKILL every process whose environment holds ``marker``; returns ``pid:comm`` of each."""
-    killed = []
-    for pid, comm in pids_with_environ(marker):
-        try:
-            os.kill(pid, signal.SIGKILL)
-            killed.append(f"{pid}:{comm}")
-        except OSError:
-            pass
-    return killed
-
-
-def wait_gone(marker: str, timeout: float = 10) -> list[tuple[int, str]]:
-    """Wait until no process carries ``marker``; returns those still there (zombies excluded)."""
-    deadline = time.time() + timeout
-    while True:
-        left = [(pid, comm) for pid, comm in pids_with_environ(marker) if not _is_zombie(pid)]
-        if not left or time.time() > deadline:
-            return left
-        time.sleep(0.2)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import csv
 import shutil
-import struct
-from fractions import Fraction
 from pathlib import Path
 
-import av
-import numpy as np
+from media_helpers import write_no_fps_video
 
 from data_pipeline.demo_clips import cut_clip, source_videos
 from dfm_video.config import load_config
@@ -82,45 +79,6 @@ def make_kinetics(tmp: Path) -> tuple[Path, Path, Path]:
     labels = tmp / "labels.txt"
     labels.write_text("\n".join(sorted({r["label"] for r in excerpt_rows()})) + "\n")
     return ann, root, labels
-
-
-def write_no_fps_video(path: Path) -> Path:
-    """A one-frame mp4 whose sample durations are 0: FFmpeg (and so decord/PyAV) find no frame rate."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 128, np.uint8), format="rgb24").reformat(
-            format="yuv420p"
-        )
-        frame.pts, frame.time_base = 0, Fraction(1, 25)
-        for p in [*s.encode(frame), *s.encode()]:
-            out.mux(p)
-    data = bytearray(path.read_bytes())
-    i = data.find(b"stts")  # box: size, 'stts', version/flags, entry count, (count, delta)*
-    for k in range(struct.unpack(">I", data[i + 8 : i + 12])[0]):
-        struct.pack_into(">I", data, i + 16 + 8 * k, 0)
-    path.write_bytes(bytes(data))
-    return path
-
-
-def write_raw_h264(path: Path) -> Path:
-    """A raw H.264 elementary stream named .mp4: decord refuses it, PyAV decodes it (the fallback)."""
-    src = source_videos()["bikes"]
-    with av.open(src) as inp, av.open(str(path), "w", format="h264") as out:
-        s = out.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
-        s.options = {"preset": "ultrafast"}
-        for n, frame in enumerate(inp.decode(video=0)):
-            if n == 30:
-                break
-            img = frame.reformat(width=96, height=64, format="yuv420p")
-            img.pts, img.time_base = n, Fraction(1, 25)
-            for p in s.encode(img):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    return path
 
 
 def make_bad_inputs(folder: Path) -> dict[str, str]:
@@ -211,63 +169,3 @@ def save_tiny_vae(kind: str, folder: Path) -> Path:
         raise ValueError(kind)
     vae.save_pretrained(folder)
     return folder
-
-
-def index_frame(i: int, h: int, w: int) -> np.ndarray:
-    """A flat frame whose grey level encodes its index (survives lossy coding: levels 8 apart; i < 30)."""
-    return np.full((h, w, 3), (16 + 8 * i) % 256, np.uint8)
-
-
-def frame_index_of(frame: np.ndarray) -> int:
-    return int(round((float(frame.mean()) - 16) / 8))
-
-
-def write_synthetic(
-    path: Path,
-    pts: list[int],
-    time_base: Fraction,
-    size: tuple[int, int] = (48, 64),
-    codec: str = "libx264",
-    fmt: str | None = None,
-    pix_fmt: str = "yuv420p",
-    rotation: int = 0,
-    marker: bool = False,
-    rate: int = 25,
-) -> Path:
-    """A clip whose frame i (shown at pts[i] x time_base) is `index_frame(i)`: variable frame rate
-    when the pts are uneven. `marker` paints a white block top-left (orientation checks)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = size
-    with av.open(str(path), "w", format=fmt) as out:
-        s = out.add_stream(codec, rate=rate)
-        s.width, s.height, s.pix_fmt = w, h, pix_fmt
-        s.time_base = time_base
-        s.codec_context.time_base = time_base  # frames keep their exact pts (no snapping to 1 / rate)
-        if codec == "libx264":
-            s.options = {"preset": "ultrafast", "crf": "10"}
-        if rotation:
-            s.set_display_rotation(rotation)
-        for i, t in enumerate(pts):
-            img = index_frame(i, h, w)
-            if marker:
-                img[: h // 4, : w // 4] = 255
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format=pix_fmt)
-            frame.pts, frame.time_base = t, time_base
-            for p in s.encode(frame):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    return path
-
-
-def inflate_mp4_durations(path: Path, factor: int) -> Path:
-    """Make the mp4 header lie: movie/track/media durations x `factor` (the frames stay as they are)."""
-    data = bytearray(path.read_bytes())
-    for box, offset in ((b"mvhd", 16), (b"tkhd", 20), (b"mdhd", 16)):  # version-0 boxes: 32-bit duration field
-        i = data.find(box)
-        assert i > 0 and data[i + 4] == 0, f"{path}: no version-0 {box.decode()} box"
-        field = i + 4 + offset
-        value = struct.unpack(">I", data[field : field + 4])[0]
-        struct.pack_into(">I", data, field, value * factor)
-    path.write_bytes(bytes(data))
-    return path

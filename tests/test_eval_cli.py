@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
 import torch
+from image_helpers import save_tiny_dinov2
+from media_helpers import make_video_dir
 
 from dfm_video import evaluate
-from dfm_video.eval.dinov2 import DinoV2Config, DinoVisionTransformer
 from dfm_video.eval.frechet import frechet_distance_from_features
-
-_spec = importlib.util.spec_from_file_location("eval_media", Path(__file__).parent / "fixtures" / "eval_media.py")
-media = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(media)
 
 FRAMES = 9  # I3D's minimum keeps the CPU cost low; published FVD uses 16
 
@@ -24,13 +20,12 @@ FRAMES = 9  # I3D's minimum keeps the CPU cost low; published FVD uses 16
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cli")
-    tiny = DinoVisionTransformer(DinoV2Config(embed_dim=64, depth=1, patch_size=14, pos_grid=4))
-    torch.save(tiny.state_dict(), root / "dinov2_tiny.pth")
+    dinov2 = save_tiny_dinov2(root / "dinov2_tiny.pth")
     return {
-        "real": media.make_video_dir(root / "real", num_videos=3, num_frames=FRAMES),
-        "shifted": media.make_video_dir(root / "shifted", num_videos=3, num_frames=FRAMES, shift=60, start=27),
-        "one": media.make_video_dir(root / "one", num_videos=1, num_frames=FRAMES),
-        "dinov2": root / "dinov2_tiny.pth",
+        "real": make_video_dir(root / "real", num_videos=3, num_frames=FRAMES),
+        "shifted": make_video_dir(root / "shifted", num_videos=3, num_frames=FRAMES, shift=60, start=27),
+        "one": make_video_dir(root / "one", num_videos=1, num_frames=FRAMES),
+        "dinov2": dinov2,
     }
 
 

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from media_helpers import source_frames
 
 from dfm_video.eval import inception, package_file
-
-_spec = importlib.util.spec_from_file_location("eval_media", Path(__file__).parent / "fixtures" / "eval_media.py")
-media = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(media)
 
 
 def _fid_helper_nv_bilinear():
@@ -49,7 +45,7 @@ def test_preprocess_range() -> None:
 
 def test_features_on_real_frames() -> None:
     model = inception.load_inception()
-    frames = torch.from_numpy(media.source_frames(3))
+    frames = torch.from_numpy(source_frames(3))
     feats = inception.inception_features(model, frames, batch_size=2)
     assert feats.shape == (3, 2048) and feats.dtype == torch.float32
     assert torch.isfinite(feats).all() and (feats >= 0).all()  # pool3 after ReLU

@@ -4,7 +4,6 @@ real clips cut like training clips (the rule of data_pipeline.decode)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,16 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_helpers import BIN, ROOT, cpu_env, free_port
+from image_helpers import save_tiny_dinov2
+from media_helpers import make_video_dir, source_frames
+from train_helpers import BIN, free_port, run
 
 from dfm_video import evaluate
-from dfm_video.eval.dinov2 import DinoV2Config, DinoVisionTransformer
 from dfm_video.eval.videos import balanced_order, read_video, select_videos
-from dfm_video.media import resize_crop, sample_indices
-
-_spec = importlib.util.spec_from_file_location("eval_media", Path(__file__).parent / "fixtures" / "eval_media.py")
-media = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(media)
+from dfm_video.media import resize_crop, sample_indices, write_mp4
 
 FRAMES = 9  # I3D's minimum keeps the CPU cost low
 
@@ -30,18 +26,16 @@ FRAMES = 9  # I3D's minimum keeps the CPU cost low
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("scale")
-    tiny = DinoVisionTransformer(DinoV2Config(embed_dim=64, depth=1, patch_size=14, pos_grid=4))
-    torch.save(tiny.state_dict(), root / "dinov2_tiny.pth")
     return {
-        "dinov2": root / "dinov2_tiny.pth",
-        "real": media.make_video_dir(root / "real", num_videos=3, num_frames=FRAMES),
-        "fake": media.make_video_dir(root / "fake", num_videos=3, num_frames=FRAMES, shift=40, start=27),
+        "dinov2": save_tiny_dinov2(root / "dinov2_tiny.pth"),
+        "real": make_video_dir(root / "real", num_videos=3, num_frames=FRAMES),
+        "fake": make_video_dir(root / "fake", num_videos=3, num_frames=FRAMES, shift=40, start=27),
     }
 
 
 def _evaluate(args: list, launcher: list) -> subprocess.CompletedProcess:
     cmd = launcher + ["dfm_video.evaluate", *[str(a) for a in args]]
-    return subprocess.run(cmd, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=600)
+    return run(cmd, timeout=600)
 
 
 @pytest.mark.slow
@@ -101,10 +95,7 @@ def test_cached_real_statistics_are_reused_and_refused_on_other_settings(dirs: d
         again["metrics"]["fdd"] == first["metrics"]["fdd"]
         and again["settings"]["fdd"]["num_real_samples"] == 3 * FRAMES
     )
-    other = tmp_path / "other.pth"
-    torch.save(
-        DinoVisionTransformer(DinoV2Config(embed_dim=64, depth=1, patch_size=14, pos_grid=4)).state_dict(), other
-    )
+    other = save_tiny_dinov2(tmp_path / "other.pth")  # other random weights
     with pytest.raises(ValueError, match=r"fdd.weights_sha256: cached '[0-9a-f]{64}', this run '[0-9a-f]{64}'"):
         evaluate.evaluate(str(dirs["real"]), str(dirs["fake"]), **dict(kw, dinov2_weights=str(other)))
     with pytest.raises(
@@ -126,10 +117,10 @@ def test_class_balanced_draw(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
         "c2",
         "a3",
     ]
-    frames = media.source_frames(2)
+    frames = source_frames(2)
     for cls, n in (("cat", 3), ("dog", 1), ("eel", 2)):
         for i in range(n):
-            media.write_mp4(tmp_path / cls / f"{i}.mp4", frames)
+            write_mp4(tmp_path / cls / f"{i}.mp4", frames, fps=25)
     got = [p.relative_to(tmp_path).as_posix() for p in select_videos(tmp_path, 3)]
     assert got == ["cat/0.mp4", "dog/0.mp4", "eel/0.mp4"]  # not the first three paths (all cats)
     with caplog.at_level("WARNING"):
@@ -140,8 +131,8 @@ def test_class_balanced_draw(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
 
 
 def test_real_clips_are_cut_like_training_clips(tmp_path: Path) -> None:
-    src = media.source_frames(12)  # (12, 68, 160, 3) at 25 fps
-    path = media.write_mp4(tmp_path / "v.mp4", src)
+    src = source_frames(12)  # (12, 68, 160, 3) at 25 fps
+    path = write_mp4(tmp_path / "v.mp4", src, fps=25)
     every = read_video(path, 12).numpy()
     clip = read_video(path, 4, fps=8.0, size=(32, 32)).numpy()
     idx = sample_indices(25.0, 4, 8.0)

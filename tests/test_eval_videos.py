@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from media_helpers import make_video_dir, source_frames
 
 from dfm_video.eval.videos import iter_videos, list_videos, load_videos, read_video, select_videos
-
-_spec = importlib.util.spec_from_file_location("eval_media", Path(__file__).parent / "fixtures" / "eval_media.py")
-media = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(media)
+from dfm_video.media import write_mp4
 
 
 @pytest.fixture(scope="module")
 def video_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return media.make_video_dir(tmp_path_factory.mktemp("videos"), num_videos=3, num_frames=6)
+    return make_video_dir(tmp_path_factory.mktemp("videos"), num_videos=3, num_frames=6)
 
 
 def test_load_videos_shape_dtype_and_content(video_dir: Path) -> None:
     clips = load_videos(video_dir, num=None, num_frames=5)
     assert clips.shape == (3, 5, 68, 160, 3) and clips.dtype == torch.uint8
-    src = torch.from_numpy(media.source_frames(18))
+    src = torch.from_numpy(source_frames(18))
     # crf 0 yuv444 H.264: decode equals the source up to colour-conversion rounding.
     for i in range(3):
         assert (clips[i].int() - src[i * 6 : i * 6 + 5].int()).abs().max() <= 2
@@ -35,8 +32,8 @@ def test_sorted_recursive_and_num(video_dir: Path, tmp_path: Path) -> None:
     assert [f.name for f in files] == ["clip_000.mp4", "clip_001.mp4", "clip_002.mp4"]
     assert [f.name for f in select_videos(video_dir, 2)] == ["clip_000.mp4", "clip_001.mp4"]
     nested = tmp_path / "nested"
-    media.write_mp4(nested / "b" / "x.mp4", media.source_frames(2))
-    media.write_mp4(nested / "a" / "y.mp4", media.source_frames(2))
+    write_mp4(nested / "b" / "x.mp4", source_frames(2), fps=25)
+    write_mp4(nested / "a" / "y.mp4", source_frames(2), fps=25)
     (nested / "notes.txt").write_text("not a video")
     assert [f.relative_to(nested).as_posix() for f in list_videos(nested)] == ["a/y.mp4", "b/x.mp4"]
     assert len(list(iter_videos(video_dir, 2, 3))) == 2
@@ -101,9 +98,9 @@ def test_corrupt_file_names_file(tmp_path: Path) -> None:
 
 
 def test_load_videos_refuses_mixed_sizes(tmp_path: Path) -> None:
-    frames = media.source_frames(4)
-    media.write_mp4(tmp_path / "a.mp4", frames)
-    media.write_mp4(tmp_path / "b.mp4", np.ascontiguousarray(frames[:, :32, :64]))
+    frames = source_frames(4)
+    write_mp4(tmp_path / "a.mp4", frames, fps=25)
+    write_mp4(tmp_path / "b.mp4", np.ascontiguousarray(frames[:, :32, :64]), fps=25)
     with pytest.raises(ValueError, match=r"b.mp4: frame size \(32, 64\) differs"):
         load_videos(tmp_path, None, 4)
     shapes = [tuple(c.shape) for c in iter_videos(tmp_path, None, 4)]

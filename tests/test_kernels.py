@@ -1,7 +1,7 @@
 """Tests of `kernels/`: each Triton op against its pure-torch reference, forward and every gradient.
 
-On CPU the Triton kernels run in the interpreter (TRITON_INTERPRET=1, set below before any
-Triton kernel is decorated) in float32 on odd and prime shapes; the interpreter's bf16 arithmetic is wrong,
+On CPU the Triton kernels run in the interpreter (TRITON_INTERPRET=1, set by tests/triton_helpers.py
+before any Triton kernel is decorated) in float32 on odd and prime shapes; the interpreter's bf16 arithmetic is wrong,
 so bf16 and DiT widths are covered by the `gpu` tests, which skip when there is no CUDA device.
 """
 
@@ -14,18 +14,12 @@ import sys
 
 import pytest
 import torch
+from triton_helpers import DEV, needs_triton
 
-if not torch.cuda.is_available():
-    # Must precede the first Triton kernel import (the mode is read when a kernel is decorated).
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import kernels as K  # noqa: E402
-from kernels import _triton  # noqa: E402
+import kernels as K
+from kernels import _triton
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
-_REASON = _triton.triton_unavailable_reason(DEV)
-needs_triton = pytest.mark.skipif(_REASON is not None, reason=f"Triton kernels cannot run: {_REASON}")
 
 # float32 against a float64 reference: torch's own float32 tolerances. bf16 (GPU only) is
 # compared with the reference run in bf16 (same rounding points, fp32 math): 1-2 bf16 ulps.

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
+
+from proc_helpers import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_model_quick_runs() -> None:
-    proc = subprocess.run(
+    proc = run_group(
         [sys.executable, str(ROOT / "benchmarks" / "bench_model.py"), "--quick", "--device", "cpu"],
+        300,
         cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},  # tiny model: one thread, robust to busy shared cores
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

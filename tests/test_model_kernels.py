@@ -1,7 +1,7 @@
 """DiT3D through the `kernels: auto|triton|torch` switch: the Triton path equals the torch one.
 
-On CPU the Triton kernels run in the interpreter (TRITON_INTERPRET=1, set below as
-tests/test_kernels.py does; either module may be collected first) in float32 on a tiny 2-stage
+On CPU the Triton kernels run in the interpreter (TRITON_INTERPRET=1, set by tests/triton_helpers.py,
+which conftest.py and this module import before anything imports triton) in float32 on a tiny 2-stage
 model; the interpreter's bf16 arithmetic is wrong, so bf16 is covered by the `gpu` tests, which
 skip without CUDA. The Triton-path tests skip when triton is not importable.
 
@@ -17,30 +17,24 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import subprocess
 import sys
 
 import pytest
 import torch
+from proc_helpers import run_group
+from triton_helpers import DEV, TRITON_UNAVAILABLE, needs_triton
 
-if not torch.cuda.is_available():
-    # Must precede the first Triton kernel import (the mode is read when a kernel is decorated).
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from dfm_video.dfm import decompose  # noqa: E402
-from dfm_video.models import build_model  # noqa: E402
-from kernels import _triton  # noqa: E402
+from dfm_video.dfm import decompose
+from dfm_video.models import build_model
+from kernels import _triton
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
-_REASON = _triton.triton_unavailable_reason(DEV)
-needs_triton = pytest.mark.skipif(_REASON is not None, reason=f"Triton kernels cannot run: {_REASON}")
 
 
 def _stale_triton_import() -> str | None:
     """Why the interpreter cannot run kernels in this process, or None (see the module docstring)."""
     tl = sys.modules.get("triton.language")
-    if DEV == "cuda" or _REASON is not None or tl is None or type(tl.sum).__name__ == "InterpretedFunction":
+    if DEV == "cuda" or TRITON_UNAVAILABLE is not None or tl is None or type(tl.sum).__name__ == "InterpretedFunction":
         return None
     return "triton was imported before TRITON_INTERPRET=1 was set, so the interpreter cannot call tl.sum"
 
@@ -205,7 +199,7 @@ def test_triton_model_with_checkpointing_matches_without(monkeypatch) -> None:
 @pytest.mark.skipif(_STALE is None, reason="the Triton-path tests ran in this process")
 def test_triton_path_in_a_fresh_process() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
+    proc = run_group(
         [
             sys.executable,
             "-m",
@@ -218,11 +212,9 @@ def test_triton_path_in_a_fresh_process() -> None:
             "-k",
             "triton_model",
         ],
+        600,
         cwd=ROOT,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
     passed = re.search(r"(\d+) passed", proc.stdout)
     assert proc.returncode == 0 and passed and int(passed.group(1)) >= 3, proc.stdout[-4000:] + proc.stderr[-2000:]
@@ -291,9 +283,7 @@ def test_model_imports_and_runs_with_only_torch() -> None:
     """The GPU image has torch (+ triton) but no yaml/einops/tqdm/deepspeed/ray/av/diffusers."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("TRITON_INTERPRET", None)
-    proc = subprocess.run(
-        [sys.executable, "-c", _IMPORT_CHECK], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    proc = run_group([sys.executable, "-c", _IMPORT_CHECK], 120, cwd=ROOT, env=env)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
 
 
@@ -303,13 +293,8 @@ def test_model_imports_and_runs_with_only_torch() -> None:
 def test_bench_step_quick_runs_on_cpu() -> None:
     """The GPU check's training-step section runs end to end (tiny model; Triton rows when possible)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_step", "--quick", "--device", "cpu"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_group(
+        [sys.executable, "-m", "benchmarks.bench_step", "--quick", "--device", "cpu"], 300, cwd=ROOT, env=env
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = {

@@ -10,13 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from pipeline_helpers import (
-    frame_index_of,
-    inflate_mp4_durations,
-    make_folder_clips,
-    tiny_config,
-    write_synthetic,
-)
+from media_helpers import frame_index_of, inflate_mp4_durations, write_synthetic
+from pipeline_helpers import make_folder_clips, tiny_config
 
 import data_pipeline.preprocess as P
 from data_pipeline.decode import ClipRejected, DecodeParams, decode_clip, resize_crop

@@ -3,8 +3,6 @@ CPUs): Kinetics layout, bad inputs, images, a diffusers VAE, rerun/resume, and S
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from media_helpers import write_raw_h264
 from pipeline_helpers import (
     KINETICS_ROWS,
     MISSING_ROW,
@@ -24,8 +23,8 @@ from pipeline_helpers import (
     save_tiny_vae,
     source_videos,
     tiny_config,
-    write_raw_h264,
 )
+from proc_helpers import kill_group, run_group, start_group
 
 import data_pipeline.preprocess as P
 from data_pipeline.decode import DecodeParams, decode_clip
@@ -64,7 +63,7 @@ def _kill_after(proc: subprocess.Popen, out: Path, shards_before: int, extra_del
             time.sleep(0.02)
         time.sleep(extra_delay)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the process group this test started: driver, raylet, workers, decoders
+        kill_group(proc)  # the process group this test started: driver, raylet, workers, decoders
         proc.wait()
 
 
@@ -80,13 +79,7 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path) -> None:
     make_folder_clips(clips, 30)
     seen = 0
     for kill in range(3):
-        proc = subprocess.Popen(
-            _cli(True, clips, out),
-            cwd=ROOT,
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_group(_cli(True, clips, out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _kill_after(proc, out, seen, rng.uniform(0.0, 0.3))
         time.sleep(0.5)
         assert not (out / S.MANIFEST_FILE).exists(), (
@@ -98,7 +91,7 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path) -> None:
             assert len(S.read_shard(shard)) == 1
         seen = len(visible)
 
-    done = subprocess.run(_cli(False, clips, out), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = run_group(_cli(False, clips, out), 300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{30 - seen} ok, 0 rejected, {seen} skipped" in done.stdout
     keys = [s.key for s in _all_samples(out)]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from media_helpers import write_raw_h264
 from pipeline_helpers import (
     KINETICS_ROWS,
     MISSING_ROW,
@@ -17,7 +18,6 @@ from pipeline_helpers import (
     make_kinetics,
     save_tiny_vae,
     tiny_config,
-    write_raw_h264,
 )
 
 from data_pipeline import sources

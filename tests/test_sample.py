@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-import av
 import pytest
 import torch
+from media_helpers import read_frames
 from torch import nn
-from train_helpers import ROOT, cpu_env, deepspeed_cmd, run
+from train_helpers import cpu_env, deepspeed_cmd, run
 
 from dfm_video.config import load_config
 from dfm_video.dfm import level_shapes, recompose
@@ -43,11 +42,6 @@ def trained(tiny_shards, tmp_path_factory):
     return runs
 
 
-def _frames(path: Path) -> list:
-    with av.open(str(path)) as c:
-        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-
-
 def test_samples_previews_and_sheet_are_written_and_decodable(trained, tmp_path):
     out = tmp_path / "s"
     assert (
@@ -72,10 +66,10 @@ def test_samples_previews_and_sheet_are_written_and_decodable(trained, tmp_path)
     report = json.loads((out / "samples.json").read_text())
     assert len(report["samples"]) == 2 and report["nfe"] == 12
     for p in report["samples"]:
-        frames = _frames(Path(p))
+        frames = read_frames(Path(p))
         assert len(frames) == 9 and frames[0].shape == (32, 32, 3)  # tiny config: 9 frames of 32x32
     assert len(report["previews"]) == 2
-    assert _frames(Path(report["previews"][0]))[0].shape == (16, 16, 3)  # stage 1 = half resolution
+    assert read_frames(Path(report["previews"][0]))[0].shape == (16, 16, 3)  # stage 1 = half resolution
     assert Path(report["contact_sheet"]).is_file()
 
 
@@ -96,7 +90,7 @@ def test_flow_matching_baseline_samples_through_the_same_command(trained, tmp_pa
         main(["--checkpoint", str(trained["fm"]), "--out", str(tmp_path), "--num-samples", "1", "--no-progress"]) == 0
     )
     report = json.loads((tmp_path / "samples.json").read_text())
-    assert report["steps"] == [6] and len(_frames(Path(report["samples"][0]))) == 9
+    assert report["steps"] == [6] and len(read_frames(Path(report["samples"][0]))) == 9
 
 
 class _ConstantVelocity(nn.Module):
@@ -186,7 +180,7 @@ def test_make_demo_end_to_end_at_a_smaller_size(tmp_path):
     )
     env["PYTHON"] = sys.executable
     cmd = ["bash", "scripts/demo.sh"]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    r = run(cmd, timeout=900, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     demo = tmp_path / "demo"
     assert "demo finished" in r.stdout
@@ -214,6 +208,6 @@ def test_make_demo_end_to_end_at_a_smaller_size(tmp_path):
     console = r.stdout + r.stderr
     assert "[INFO]" not in console and "FutureWarning" not in console and "core_worker" not in console, console[-3000:]
     # a second run reuses everything: nothing is decoded again and training resumes at its last step
-    r2 = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    r2 = run(cmd, timeout=900, env=env)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "reusing" in r2.stdout and "resumed from" in r2.stdout and "preprocess: 0 ok" in r2.stdout

@@ -13,11 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
-from train_helpers import BIN, ROOT, cpu_env, free_port
+from media_helpers import read_frames
+from train_helpers import BIN, ROOT, cpu_env, free_port, run
 
 from dfm_video.autoencoders import autoencoder_info
 from dfm_video.config import load_config
@@ -65,12 +65,7 @@ def single(export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _sample(args: list, launcher: list | None = None) -> subprocess.CompletedProcess:
     cmd = (launcher or [sys.executable, "-m"]) + ["dfm_video.sample"] + [str(a) for a in args]
-    return subprocess.run(cmd, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=300)
-
-
-def _frames(path: Path) -> np.ndarray:
-    with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    return run(cmd, timeout=300)
 
 
 def _samples(folder: Path) -> list[str]:
@@ -81,7 +76,7 @@ def _assert_same_samples(a: Path, b: Path) -> None:
     names = _samples(a)
     assert names == _samples(b) and len(names) == NUM
     for n in names:
-        fa, fb = _frames(a / n), _frames(b / n)
+        fa, fb = read_frames(a / n), read_frames(b / n)
         assert fa.shape == (5, 16, 16, 3)
         assert np.array_equal(fa, fb), n
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import math
 import shutil
-import subprocess
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import BIN, ROOT, cpu_env, deepspeed_cmd, free_port, read_metrics, run
+from train_helpers import BIN, deepspeed_cmd, free_port, read_metrics, run
 
 from dfm_video.config import load_config
 from dfm_video.dfm import level_shapes
@@ -119,7 +118,7 @@ def test_split_model_equals_the_unsplit_model(nproc, sizes):
         "tests/sp_equivalence_job.py",
         *sizes,
     ]
-    r = subprocess.run(cmd, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=600)
+    r = run(cmd, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     for n in sizes:
         assert f"SP-OK N={n} world={nproc}" in r.stdout, r.stdout[-2000:]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import time
@@ -13,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from proc_helpers import kill_group, start_group
 from safetensors import safe_open
 from safetensors.torch import load_file
-from train_helpers import BIN, ROOT, cpu_env, deepspeed_cmd, free_port, read_metrics, run
+from train_helpers import ROOT, cpu_env, deepspeed_cmd, free_port, read_metrics, run, torchrun_node_cmd
 
 from dfm_video import faults
 
@@ -98,14 +98,12 @@ def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(reference_ru
     out = tmp_path / "run"
     cmd = deepspeed_cmd(_overrides(tiny_shards, out, f"distributed.zero_stage={stage}", *REF))
     env = {**cpu_env(), **faults.env(checkpoint__save_pause={"step": 16, "seconds": 60})}
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    proc = start_group(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 400
     torn = out / "checkpoints" / "step_00000016.partial"
     while not (torn / "ema.safetensors").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_group(proc)
     proc.wait()
     assert (torn / "ema.safetensors").exists(), "the run never reached the save of step 16"
     assert not (out / "checkpoints" / "step_00000016").exists()
@@ -281,24 +279,7 @@ def test_two_torchrun_nodes_train_together(tiny_shards, tmp_path):
     port = free_port()
     procs = []
     for node in range(2):
-        cmd = [
-            str(BIN / "torchrun"),
-            "--nnodes",
-            "2",
-            "--node_rank",
-            str(node),
-            "--nproc_per_node",
-            "1",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(port),
-            "dfm_video/train.py",
-            "--config",
-            "tiny.yaml",
-        ]
-        for o in _overrides(tiny_shards, out, "train.steps=4"):
-            cmd += ["--set", o]
+        cmd = torchrun_node_cmd(_overrides(tiny_shards, out, "train.steps=4"), node_rank=node, port=port)
         procs.append(
             subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )
@@ -347,21 +328,13 @@ def test_sigterm_and_wall_clock_cadence_checkpoint(tiny_shards, tmp_path):
     cmd = deepspeed_cmd(
         _overrides(tiny_shards, out, "train.steps=100000", "train.ckpt_every=100000", "train.ckpt_every_minutes=0.01")
     )
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=cpu_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_group(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     latest = out / "checkpoints" / "latest"
     deadline = time.time() + 300
     while not latest.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     assert latest.exists(), "no wall-clock checkpoint was written"
-    os.killpg(proc.pid, signal.SIGTERM)
+    kill_group(proc, signal.SIGTERM)
     log = proc.communicate(timeout=120)[0]
     last = max(read_metrics(out))
     assert f"SIGTERM: saved checkpoint at step {last}" in log, log[-3000:]
@@ -376,24 +349,9 @@ def test_a_run_folder_not_shared_by_all_nodes_is_refused(tiny_shards, tmp_path):
     port = free_port()
     procs = []
     for node in range(2):
-        cmd = [
-            str(BIN / "torchrun"),
-            "--nnodes",
-            "2",
-            "--node_rank",
-            str(node),
-            "--nproc_per_node",
-            "1",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(port),
-            "dfm_video/train.py",
-            "--config",
-            "tiny.yaml",
-        ]
-        for o in _overrides(tiny_shards, tmp_path / f"node{node}", "train.steps=2"):
-            cmd += ["--set", o]
+        cmd = torchrun_node_cmd(
+            _overrides(tiny_shards, tmp_path / f"node{node}", "train.steps=2"), node_rank=node, port=port
+        )
         procs.append(
             subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )

@@ -9,15 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import av
 import pytest
 import torch
-from image_helpers import PHOTOS, make_photo_folder
+from image_helpers import PHOTOS, make_photo_folder, save_tiny_dinov2
+from media_helpers import read_frames
 from PIL import Image
 from train_helpers import ROOT, cpu_env, deepspeed_cmd, read_metrics, run
 
 from dfm_video import sample as sample_cli
-from dfm_video.eval.dinov2 import DinoV2Config, DinoVisionTransformer
 
 pytestmark = pytest.mark.slow
 
@@ -94,9 +93,7 @@ def test_photos_train_sample_and_evaluate_end_to_end(image_shards, tmp_path: Pat
     assert Image.open(samples / "contact_sheet.png").size[0] > 32
 
     real = make_photo_folder(tmp_path / "real", broken=False)
-    dino = tmp_path / "dinov2_tiny.pth"
-    torch.manual_seed(0)
-    torch.save(DinoVisionTransformer(DinoV2Config(embed_dim=64, depth=1, patch_size=14, pos_grid=4)).state_dict(), dino)
+    dino = save_tiny_dinov2(tmp_path / "dinov2_tiny.pth", seed=0)
     report = tmp_path / "report.json"
     r = _cli(
         "dfm_video.evaluate",
@@ -179,8 +176,7 @@ def test_one_mixed_model_samples_videos_and_images(mix_run, tmp_path: Path, caps
     videos = sorted((tmp_path / "video").glob("sample_*.mp4"))
     images = sorted((tmp_path / "image").glob("sample_*.png"))
     assert len(videos) == 2 and len(images) == 2
-    with av.open(str(videos[0])) as c:
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    frames = read_frames(videos[0])
     assert len(frames) == 9 and frames[0].shape == (32, 32, 3)
     assert Image.open(images[0]).size == (32, 32)
     assert sample_cli.main([*common, "--out", str(tmp_path / "x"), "--bucket", "7"]) == 2

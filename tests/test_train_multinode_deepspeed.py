@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ import cluster_sshd
 import multinode_helpers as mh
 import pytest
 import torch
+from proc_helpers import kill_by_environ, run_group, wait_gone
 from safetensors.torch import load_file
 from train_helpers import BIN, ROOT, cpu_env, deepspeed_cmd, free_port, read_metrics, run
 
@@ -60,28 +60,6 @@ def _prerequisites() -> None:
         if os.geteuid() != 0:
             pytest.skip(f"not root and {', '.join(missing)} missing: cannot run a private sshd + pdsh")
         pytest.fail(f"apt-get could not install {', '.join(missing)}")
-
-
-def _launch(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """Run the launcher in its own process group; on timeout SIGKILL the group (pdsh, ssh too)."""
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        err = (err or "") + f"\n[test] TIMEOUT after {timeout}s\n"
-        proc.returncode = -9
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.mark.timeout(600)
@@ -127,7 +105,8 @@ def test_deepspeed_hostfile_launch_trains_on_two_nodes(tiny_shards, tmp_path):
         for o in _overrides(tiny_shards, out):
             cmd += ["--set", o]
         t0 = time.time()
-        result = _launch(cmd, env, timeout=300)
+        # its own process group: a timeout kills pdsh and the ssh sessions too
+        result = run_group(cmd, 300, raise_on_timeout=False, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
         elapsed = time.time() - t0
         log = result.stdout + result.stderr
         assert result.returncode == 0, f"launcher failed ({elapsed:.0f}s):\n{log[-6000:]}\nsshd:\n{sshd.log()}"
@@ -153,7 +132,7 @@ def test_deepspeed_hostfile_launch_trains_on_two_nodes(tiny_shards, tmp_path):
         assert (out / "export" / "model.safetensors").is_file()
 
         # The launcher tore its nodes down: nothing it started is still running.
-        left = mh.wait_gone(marker, timeout=15)
+        left = wait_gone(marker, timeout=15)
         assert not left, f"processes left after the launcher returned: {left}"
 
         # Same job on one node with 2 ranks (`deepspeed --num_gpus 2`): the two nodes formed one
@@ -171,7 +150,7 @@ def test_deepspeed_hostfile_launch_trains_on_two_nodes(tiny_shards, tmp_path):
         passed = True
     finally:
         sshd.stop()  # in a PID namespace this kills every process started through it
-        mh.kill_by_environ(marker)  # without one: whatever carries the private HOME
+        kill_by_environ(marker)  # without one: whatever carries the private HOME
         if not passed:
             keep = tmp_path / "logs"
             keep.mkdir(exist_ok=True)
@@ -180,7 +159,7 @@ def test_deepspeed_hostfile_launch_trains_on_two_nodes(tiny_shards, tmp_path):
             if sshd.log_path.exists():
                 shutil.copy(sshd.log_path, keep / "sshd.log")
         sshd_alive = sshd.proc is not None and sshd.proc.poll() is None
-        survivors = mh.wait_gone(marker, timeout=10)
+        survivors = wait_gone(marker, timeout=10)
         sshd.cleanup()
     assert not sshd_alive, "the private sshd survived teardown"
     assert not survivors, f"processes of the test cluster survived teardown: {survivors}"

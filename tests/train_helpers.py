@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from proc_helpers import run_group
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -72,11 +74,34 @@ def deepspeed_cmd(
     return cmd + list(extra)
 
 
+def torchrun_node_cmd(
+    overrides: Sequence[str], *, node_rank: int, port: int, nnodes: int = 2, config: str = "tiny.yaml"
+) -> list[str]:
+    """Node `node_rank` of a `torchrun --nnodes` launch of dfm_video/train.py: one rank per node, all on 127.0.0.1."""
+    cmd = [
+        str(BIN / "torchrun"),
+        "--nnodes",
+        str(nnodes),
+        "--node_rank",
+        str(node_rank),
+        "--nproc_per_node",
+        "1",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "dfm_video/train.py",
+        "--config",
+        config,
+    ]
+    for o in overrides:
+        cmd += ["--set", o]
+    return cmd
+
+
 def run(cmd: Sequence[str], timeout: float = 600, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
     """`env`: extra variables (faults: `dfm_video.faults.env(...)`) on top of cpu_env()."""
-    return subprocess.run(
-        list(cmd), cwd=ROOT, env={**cpu_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout
-    )
+    return run_group(cmd, timeout, cwd=ROOT, env={**cpu_env(), **(env or {})})
 
 
 def read_metrics(run_dir: Path) -> dict[int, dict]:
