@@ -9,8 +9,8 @@ GPU: DiT3D-XL at the k700 shape (configs/k700.yaml: latent 16 x 13 x 64 x 64, pa
 2-stage DFM, 13 x 32 x 32 = 13,312 tokens), ZeRO-2, bf16, micro batch 1 x 2 accumulation steps,
 the trainer's own pieces (build_deepspeed_config, dfm_objective with per-sample generators, EMA,
 save_checkpoint). Rows:
-    old   the DeepSpeed JSON before issue 12 (bf16 gradient accumulation, overlap_comm off, default buckets)
-    new   build_deepspeed_config today (fp32 gradient accumulation, overlap_comm, 2e8-element buckets)
+    old   DeepSpeed's defaults for our batch sizes (bf16 gradient accumulation, overlap_comm off, default buckets)
+    new   build_deepspeed_config (fp32 gradient accumulation, overlap_comm, 2e8-element buckets)
 each 3 warm-up + 5 timed optimizer steps: ms/step, TFLOP/s (analytic training_flops), MFU against
 the datasheet dense bf16 peak (989 TFLOP/s H100/H200) and against the measured matmul peak (752
 H100 / 786 H200), peak memory. Then the round trip on the `new` engine: save a checkpoint, take one
@@ -58,7 +58,7 @@ def _single_process_env(on_gpu: bool) -> None:
 
 
 def old_deepspeed_config(new: dict[str, Any]) -> dict[str, Any]:
-    """The JSON as build_deepspeed_config wrote it before issue 12 (same batch sizes and precision)."""
+    """The JSON with DeepSpeed's defaults (same batch sizes and precision): the baseline `new` is measured against."""
     old = {k: v for k, v in new.items() if k != "data_types"}
     old["zero_optimization"] = {
         "stage": new["zero_optimization"]["stage"],

@@ -3,7 +3,7 @@
     python benchmarks/bench_layer_scaling.py            (CUDA, bf16; ~30 s on an H100; timing bounded by --budget-s 40)
     python benchmarks/bench_layer_scaling.py --quick    (CPU smoke test, tiny widths; < 1 min)
 
-One GPU cannot time the all-to-all itself (docs/performance.md "Issue 13" models it); this
+One GPU cannot time the all-to-all itself (docs/performance.md models it in the section on sequence parallelism); this
 measures the compute around it. The layer is the model's own `dfm_video.models.dit.DiTBlock`
 (width 1152, 16 heads, MLP 4x, QK-norm, 3D RoPE, fused Triton ops with `kernels: auto`), batch 1,
 bf16 weights and activations, at 13,312 (k700: 13 x 32 x 32), 31,744 (121 frames at 512 px:

@@ -1,4 +1,4 @@
-"""Why the demo's fine stage did not learn (issue 14): short controlled runs, one factor at a time.
+"""Why the demo's fine stage did not learn with a 48-channel codec: short controlled runs, one factor at a time.
 
     python -m benchmarks.demo_ablation --shards48 DIR --shards3 DIR [--steps 400] [--variants a,b]
 

@@ -1,4 +1,4 @@
-"""Bytes a random training read pulls from a shard: row groups of 16 clips (before issue 11) vs 1 clip.
+"""Bytes a random training read pulls from a shard: row groups of 16 clips vs 1 clip.
 
     python benchmarks/shard_read_bytes.py [--clips 32] [--dtype float32]
 

@@ -20,8 +20,9 @@ library ran: it is logged once per worker and counted in the run summary. Rotate
 PyAV directly (decord ignores rotation and fails on 90-degree files). Any container FFmpeg reads
 (.mpg, .ogv, .ts, .flv, .wmv, .3gp, ...) decodes: decord first, PyAV when decord refuses it.
 
-Every failure becomes a reject (stage "decode", a short reason, the full message); a bad file
-never stops the job.
+Every failure of a readable-but-unusable file is a `ClipRejected` (a short reason, the full
+message); `data_pipeline.isolate` runs `decode_clip` in a child process and turns every other
+failure (a crash, a hang, an exception) into a reject too, so a bad file never stops the job.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ import numpy as np
 from dfm_video.config.schema import PreprocessConfig
 
 # One rule for training clips and evaluation clips: the resize/crop and the constant-rate frame
-# pick (`pick_by_time` generalises it to variable frame rates) live beside the evaluation reader.
-from dfm_video.media import resize_crop, sample_indices  # noqa: F401  (re-exported)
+# pick (`pick_by_time` generalises `sample_indices` to variable frame rates) live beside the
+# evaluation reader.
+from dfm_video.media import resize_crop
 
 log = logging.getLogger(__name__)
 _fallback_logged = False
@@ -53,19 +55,11 @@ class DecodeParams:
     resolution: tuple[int, int]  # (H, W) after resize + crop
     decoder: str  # "decord" | "pyav"
     threads: int = 1
-    fault_hook: str = ""  # tests only: see data_pipeline.isolate (from DFM_TEST_DECODE_HOOK)
 
     @classmethod
     def from_config(cls, cfg: PreprocessConfig) -> "DecodeParams":
         frames = 1 if cfg.input_type == "images" else cfg.num_frames
-        return cls(
-            frames,
-            cfg.fps,
-            tuple(cfg.resolution),
-            cfg.decoder,
-            cfg.decode_threads,
-            os.environ.get("DFM_TEST_DECODE_HOOK", ""),
-        )
+        return cls(frames, cfg.fps, tuple(cfg.resolution), cfg.decoder, cfg.decode_threads)
 
 
 class ClipRejected(Exception):
@@ -105,7 +99,7 @@ def check_rate(path: str, source_fps: float | None, p: DecodeParams) -> float:
 def pick_by_time(path: str, times: Sequence[Fraction], p: DecodeParams) -> list[int]:
     """Index (presentation order) of the frame nearest to each target time k / fps, from the
     presentation timestamps `times` (relative to the first frame; ties go to the later frame, which
-    reproduces `sample_indices` on constant-rate files). A target later than the last frame plus
+    reproduces `dfm_video.media.sample_indices` on constant-rate files). A target later than the last frame plus
     half a frame interval is "too short": container frame counts are never consulted."""
     if len(times) == 0:
         raise ClipRejected("too short", f"{path}: no decodable frame")
@@ -277,59 +271,3 @@ def decode_clip(path: str, is_image: bool, p: DecodeParams) -> Decoded:
     else:
         frames, idx, fps = read_pyav(path, p)
     return Decoded(resize_crop(frames, p.resolution), idx, fps, decoder, (int(frames.shape[1]), int(frames.shape[2])))
-
-
-def decode_batch(
-    batch: dict[str, np.ndarray], params: DecodeParams, isolation: Any = None, workers: int = 1
-) -> dict[str, np.ndarray]:
-    """Ray Data stage: clip items -> items + frames (N, F, H, W, 3) uint8 + sampling + reject info.
-
-    With `isolation` (`data_pipeline.isolate.IsolationSettings`) every clip is decoded in a child
-    process (`workers` at once) that a hang or a crash cannot take down; without it, in this process.
-    Rejected rows keep zero frames and carry stage/reason/detail; they flow on to the workers that
-    write the shards, which record them (one stream keeps every clip accounted for).
-    """
-    n = len(batch["key"])
-    fcount, (h, w) = params.num_frames, params.resolution
-    frames = np.zeros((n, fcount, h, w, 3), dtype=np.uint8)
-    indices = np.full((n, fcount), -1, dtype=np.int32)
-    out: dict[str, Any] = {k: batch[k] for k in ("key", "path", "label", "label_id", "split", "is_image")}
-    fps = np.zeros(n, dtype=np.float32)
-    src_h, src_w = np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32)
-    decoder, stage, reason, detail = [""] * n, [""] * n, [""] * n, [""] * n
-    items = [(str(batch["path"][i]), bool(batch["is_image"][i])) for i in range(n)]
-    if isolation is not None:
-        from data_pipeline.isolate import shared_pool
-
-        results = shared_pool(isolation, workers, params.threads).decode_many(items, params)
-    else:
-        results = [_decode_or_reject(path, is_image, params) for path, is_image in items]
-    for i, clip in enumerate(results):
-        if isinstance(clip, ClipRejected):
-            stage[i], reason[i], detail[i] = "decode", clip.reason, clip.detail
-            continue
-        frames[i], indices[i], fps[i], decoder[i] = clip.frames, clip.indices, clip.source_fps, clip.decoder
-        src_h[i], src_w[i] = clip.source_hw
-    out.update(
-        frames=frames,
-        frame_indices=indices,
-        source_fps=fps,
-        source_height=src_h,
-        source_width=src_w,
-        decoder=np.array(decoder, dtype=object),
-        stage=np.array(stage, dtype=object),
-        reason=np.array(reason, dtype=object),
-        detail=np.array(detail, dtype=object),
-    )
-    return out
-
-
-def _decode_or_reject(path: str, is_image: bool, params: DecodeParams) -> Decoded | ClipRejected:
-    try:
-        return decode_clip(path, is_image, params)
-    except ClipRejected as exc:
-        return exc
-    except TransientIOError as exc:
-        return ClipRejected("I/O error", str(exc))
-    except Exception as exc:  # an unforeseen decoder error is still a bad clip, not a dead job
-        return ClipRejected("decode error", f"{path}: {type(exc).__name__}: {exc}")

@@ -12,10 +12,12 @@ memory growth) and the parent waits at most `timeout_s`:
 The job always goes on. Children come from a `forkserver` (a clean process with the decoders
 imported once), never from a fork of the multi-threaded Ray worker.
 
-Test hook (tests only, never set in production): DecodeParams.fault_hook, filled by the driver
-from the environment variable DFM_TEST_DECODE_HOOK = "name=action,name=action" where name is a
-file's base name and action one of hang | segv | oom | eio. It acts inside the child, so the real
-isolation machinery handles the real failure.
+Every exception a decode raises is turned into the clip's fate in one place, `outcome`.
+
+Fault injection (tests only): fault `decode.fault` of `dfm_video.faults` =
+{file base name: "hang" | "segv" | "oom" | "eio"}. The driver reads it (`decode_faults`) into the
+settings, because Ray workers and the forkserver may have started before the variable was set; it
+acts inside the child, so the real isolation machinery handles the real failure.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from data_pipeline.decode import ClipRejected, Decoded, DecodeParams, TransientIOError, decode_clip
+from dfm_video import faults
+from dfm_video.config.schema import PreprocessConfig
 
 TRANSIENT_ERRNOS = {
     errno.EIO,
@@ -45,6 +49,19 @@ TRANSIENT_ERRNOS = {
 }
 
 
+FAULT_ACTIONS = ("hang", "segv", "oom", "eio")
+
+
+def decode_faults() -> tuple[tuple[str, str], ...]:
+    """Fault `decode.fault` as sorted (file base name, action) pairs; () when it is not switched on."""
+    table = faults.get("decode.fault", {})
+    if not isinstance(table, dict) or any(a not in FAULT_ACTIONS for a in table.values()):
+        raise ValueError(
+            f"{faults.ENV} decode.fault must map file base names to one of {list(FAULT_ACTIONS)}, got {table!r}"
+        )
+    return tuple(sorted(table.items()))
+
+
 @dataclass(frozen=True)
 class IsolationSettings:
     timeout_s: float = 120.0
@@ -52,24 +69,43 @@ class IsolationSettings:
     io_retries: int = 2
     recycle_after: int = 200  # clips per child before a fresh one (native leaks stay bounded)
     retry_backoff_s: float = 0.2
+    faults: tuple[tuple[str, str], ...] = ()  # tests only: (file base name, action), see decode_faults
+
+    @classmethod
+    def from_config(cls, p: PreprocessConfig) -> IsolationSettings:
+        return cls(p.decode_timeout_s, p.decode_memory_mb, p.io_retries, faults=decode_faults())
 
 
-def _apply_hook(path: str, hook: str) -> None:
-    for part in filter(None, hook.split(",")):
-        name, _, action = part.partition("=")
-        if os.path.basename(path) != name:
-            continue
-        if action == "hang":
-            time.sleep(10**6)
-        elif action == "segv":
-            os.kill(os.getpid(), signal.SIGSEGV)
-        elif action == "oom":
-            bytearray(1 << 40)  # 1 TiB: beyond any cap -> MemoryError
-        elif action == "eio":
-            raise OSError(errno.EIO, "Input/output error (test hook)", path)
+def outcome(path: str, exc: BaseException, memory_mb: Optional[int]) -> tuple:
+    """The one mapping from an exception raised while decoding `path` to the clip's fate:
+    ("reject", reason, detail) or ("transient", detail) (retried, then an "I/O error" reject)."""
+    if isinstance(exc, ClipRejected):
+        return ("reject", exc.reason, exc.detail)
+    if isinstance(exc, TransientIOError):
+        return ("transient", str(exc))
+    if isinstance(exc, MemoryError):
+        return ("reject", "decoder out of memory", f"{path}: decoder exceeded decode_memory_mb={memory_mb}: {exc!r}")
+    if isinstance(exc, OSError):
+        if exc.errno in TRANSIENT_ERRNOS:
+            return ("transient", f"{path}: {exc}")
+        return ("reject", "I/O error", f"{path}: {exc}")
+    # an unforeseen decoder error is still a bad clip, not a dead job
+    return ("reject", "decode error", f"{path}: {type(exc).__name__}: {exc}")
 
 
-def _child_main(conn: Any, memory_mb: Optional[int], threads: int) -> None:
+def _inject_fault(path: str, injected: tuple[tuple[str, str], ...]) -> None:
+    action = dict(injected).get(os.path.basename(path))
+    if action == "hang":
+        time.sleep(10**6)
+    elif action == "segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif action == "oom":
+        bytearray(1 << 40)  # 1 TiB: beyond any cap -> MemoryError
+    elif action == "eio":
+        raise OSError(errno.EIO, "Input/output error (injected fault)", path)
+
+
+def _child_main(conn: Any, settings: IsolationSettings, threads: int) -> None:
     """Child loop: (path, is_image, params) -> ("ok", Decoded) | ("reject", reason, detail) | ("transient", detail)."""
     import resource
 
@@ -87,8 +123,8 @@ def _child_main(conn: Any, memory_mb: Optional[int], threads: int) -> None:
     except Exception:
         pass
     torch.set_num_threads(max(1, threads))
-    if memory_mb:
-        cap = int(memory_mb) << 20
+    if settings.memory_mb:
+        cap = int(settings.memory_mb) << 20
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     while True:
         try:
@@ -99,25 +135,20 @@ def _child_main(conn: Any, memory_mb: Optional[int], threads: int) -> None:
             return
         path, is_image, params = req
         try:
-            _apply_hook(path, params.fault_hook)
+            _inject_fault(path, settings.faults)
             msg: tuple = ("ok", decode_clip(path, is_image, params))
-        except ClipRejected as exc:
-            msg = ("reject", exc.reason, exc.detail)
-        except TransientIOError as exc:
-            msg = ("transient", str(exc))
-        except MemoryError as exc:
-            msg = ("reject", "decoder out of memory", f"{path}: decoder exceeded decode_memory_mb={memory_mb}: {exc!r}")
-        except OSError as exc:
-            if exc.errno in TRANSIENT_ERRNOS:
-                msg = ("transient", f"{path}: {exc}")
-            else:
-                msg = ("reject", "I/O error", f"{path}: {exc}")
-        except Exception as exc:  # an unforeseen decoder error is still a bad clip, not a dead job
-            msg = ("reject", "decode error", f"{path}: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            msg = outcome(path, exc, settings.memory_mb)
         try:
             conn.send(msg)
         except MemoryError:
-            conn.send(("reject", "decoder out of memory", f"{path}: result too large for decode_memory_mb={memory_mb}"))
+            conn.send(
+                (
+                    "reject",
+                    "decoder out of memory",
+                    f"{path}: result too large for decode_memory_mb={settings.memory_mb}",
+                )
+            )
 
 
 _CTX_LOCK = threading.Lock()
@@ -148,7 +179,7 @@ class DecoderProcess:
     def _start(self) -> None:
         ctx = _context()
         parent, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_child_main, args=(child, self.settings.memory_mb, self.threads), daemon=True)
+        self.proc = ctx.Process(target=_child_main, args=(child, self.settings, self.threads), daemon=True)
         self.proc.start()
         child.close()
         self.conn, self.used = parent, 0

@@ -40,12 +40,12 @@ if __package__ in (None, ""):  # run as a script (e.g. by `ray submit`, as ~/pre
     except ImportError:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_pipeline.decode import DecodeParams, decode_batch
+from data_pipeline.decode import DecodeParams
 from data_pipeline.encode import EncodeSpec
 from data_pipeline.isolate import IsolationSettings
-from data_pipeline.resources import check_config, check_resources, preflight, wait_for_resources  # noqa: F401
+from data_pipeline.resources import check_config, preflight, wait_for_resources
 from data_pipeline.sources import build_sources
-from data_pipeline.stages import EncodeWriteStage, FusedStage, StageSpec
+from data_pipeline.stages import EncodeWriteStage, FusedStage, StageSpec, decode_batch
 from data_pipeline.writer import WriterSpec
 from dfm_video.autoencoders import autoencoder_info, geometry_of
 from dfm_video.config.loader import load_config, require
@@ -121,7 +121,7 @@ def build_dataset(items: list[dict], cfg: Config, levels: list[list[int]], codec
     import ray.data
 
     p = cfg.preprocess
-    isolation = IsolationSettings(p.decode_timeout_s, p.decode_memory_mb, p.io_retries)
+    isolation = IsolationSettings.from_config(p)
     writer = WriterSpec(
         p.output_dir,
         [list(f) for f in cfg.dfm.factors],

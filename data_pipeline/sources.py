@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dfm_video.config.schema import PreprocessConfig
-from dfm_video.data.store import Reject  # noqa: F401  (re-exported: sources make source rejects)
+from dfm_video.data.store import Reject
 
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 VIDEO_EXTENSIONS = (

@@ -1,5 +1,9 @@
 """Quiet console by default: our own progress bars and summaries, not library chatter.
 
+`report(message)` is how library code tells the person running a job something they asked for
+(a run's layout, a summary line): stdout, flushed, never filtered by a logging level. Diagnostics
+go through `logging`.
+
 `configure_output(verbose)` is called first thing by the CLIs. Quiet (the default) hides library
 FutureWarnings/DeprecationWarnings (e.g. DeepSpeed calling deprecated torch.distributed APIs) and
 keeps DeepSpeed's logger at WARNING; verbose (`--verbose` or DFM_VERBOSE=1, which launchers and
@@ -35,3 +39,8 @@ def configure_output(verbose: bool = False) -> bool:
     )
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     return False
+
+
+def report(message: str) -> None:
+    """One line for the person running the job, on stdout (flushed: launchers interleave ranks)."""
+    print(message, flush=True)

@@ -8,15 +8,13 @@ import math
 import pytest
 import torch
 
-from dfm_video.models.ops import (
-    apply_rope,
-    gated_residual,
-    layer_norm,
-    modulate,
-    rms_norm,
-    rope_sections,
-    rope_tables,
-)
+import kernels
+from dfm_video.models.ops import apply_rope, gated_residual, modulated_norm, rms_norm, rope_tables
+
+
+def rope_sections(head_dim: int) -> tuple[int, ...]:
+    """Head-dim channels rotated by the (t, h, w) axes (split-pair layout: a count, not a slice)."""
+    return tuple(2 * p for p in kernels.rope_axis_pairs(head_dim))
 
 
 def _rope_reference(x: torch.Tensor, pos: tuple[int, int, int], theta: float) -> torch.Tensor:
@@ -119,10 +117,10 @@ def test_elementwise_ops_vs_float64_reference() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 8, generator=g, dtype=torch.float64)
     shift, scale, gate = (torch.randn(2, 8, generator=g, dtype=torch.float64) for _ in range(3))
-    torch.testing.assert_close(modulate(x, shift, scale), x * (1 + scale[:, None]) + shift[:, None])
     torch.testing.assert_close(gated_residual(x, gate, 2 * x), x + gate[:, None] * 2 * x)
     mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
-    torch.testing.assert_close(layer_norm(x), (x - mu) / torch.sqrt(var + 1e-6))
+    normed = (x - mu) / torch.sqrt(var + 1e-6)
+    torch.testing.assert_close(modulated_norm(x, shift, scale), normed * (1 + scale[:, None]) + shift[:, None])
     w = torch.randn(8, generator=g, dtype=torch.float64)
     torch.testing.assert_close(rms_norm(x, w), x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w)
     # half precision computes in float32 internally

@@ -1,9 +1,10 @@
-"""Issue 11: clips that hang, crash or exhaust the decoder, an autoencoder that raises for one clip,
+"""Clips that hang, crash or exhaust the decoder, an autoencoder that raises for one clip,
 headers that lie, variable frame rates, odd sizes, rotation, folders of assorted containers, and
 one-clip row groups. Real files (PyAV-written), real child processes, real Ray (one job)."""
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 
 import numpy as np
@@ -14,9 +15,11 @@ from media_helpers import frame_index_of, inflate_mp4_durations, write_synthetic
 from pipeline_helpers import make_folder_clips, tiny_config
 
 import data_pipeline.preprocess as P
-from data_pipeline.decode import ClipRejected, DecodeParams, decode_clip, resize_crop
-from data_pipeline.isolate import DecoderProcess, IsolationSettings
+from data_pipeline.decode import ClipRejected, DecodeParams, decode_clip
+from data_pipeline.isolate import DecoderProcess, IsolationSettings, decode_faults
+from dfm_video import faults
 from dfm_video.data import schema as S
+from dfm_video.media import resize_crop
 
 TB = Fraction(1, 1000)  # millisecond timestamps
 
@@ -97,15 +100,15 @@ def test_rotation_metadata_is_honoured(tmp_path) -> None:
         )
 
 
-def test_isolated_decoder_survives_hang_crash_memory_and_io_errors(tmp_path) -> None:
+def test_isolated_decoder_survives_hang_crash_memory_and_io_errors(tmp_path, monkeypatch) -> None:
     path = write_synthetic(tmp_path / "ok.mp4", list(range(0, 30 * 40, 40)), TB)
     for name in ("hang", "segv", "oom", "eio"):
         (tmp_path / f"{name}.mp4").write_bytes(path.read_bytes())
-    hook = "hang.mp4=hang,segv.mp4=segv,oom.mp4=oom,eio.mp4=eio"
-    params = DecodeParams(9, 8.0, (32, 32), "decord", fault_hook=hook)
-    proc = DecoderProcess(
-        IsolationSettings(timeout_s=5.0, memory_mb=3072, io_retries=2, retry_backoff_s=0.05), threads=1
-    )
+    for k, v in faults.env(decode__fault={f"{n}.mp4": n for n in ("hang", "segv", "oom", "eio")}).items():
+        monkeypatch.setenv(k, v)
+    params = DecodeParams(9, 8.0, (32, 32), "decord")
+    settings = IsolationSettings(timeout_s=5.0, memory_mb=3072, io_retries=2, retry_backoff_s=0.05)
+    proc = DecoderProcess(dataclasses.replace(settings, faults=decode_faults()), threads=1)
     try:
         got = {
             n: proc.decode(str(tmp_path / f"{n}.mp4"), False, params)
@@ -137,7 +140,8 @@ def test_faulty_clips_become_rejects_and_the_job_goes_on(ray_local, tmp_path, mo
     write_synthetic(clips / "b" / "flash.flv", pts, TB, codec="flv", fmt="flv")
     write_synthetic(clips / "b" / "windows.wmv", pts, TB, codec="wmv2", fmt="asf")
     (clips / "b" / "README.txt").write_text("notes, not a video\n")
-    monkeypatch.setenv("DFM_TEST_DECODE_HOOK", "hang.mp4=hang,segv.mp4=segv")
+    for k, v in faults.env(decode__fault={"hang.mp4": "hang", "segv.mp4": "segv"}).items():
+        monkeypatch.setenv(k, v)
     monkeypatch.setenv("DFM_TEST_ENCODE_HOOK", "encfail.mp4")
     out = tmp_path / "out"
     cfg = tiny_config(
@@ -188,7 +192,7 @@ def test_faulty_clips_become_rejects_and_the_job_goes_on(ray_local, tmp_path, mo
 
 
 def test_old_shards_and_rejects_parts_still_read(tmp_path) -> None:
-    """Shards written before issue 11 (16-clip row groups, no source size columns) and rejects parts
+    """Shards of the older format (16-clip row groups, no source size columns) and rejects parts
     without run_id read as before; new bfloat16 shards read through the trainer's ShardDataset."""
     import pyarrow as pa
 
@@ -253,3 +257,9 @@ def test_resource_wait_and_preflight_name_what_is_missing(ray_local, tmp_path) -
     ).preprocess
     with pytest.raises(ValueError, match=r"preflight: .*node \S+ \(.+\) lacks preprocess.autoencoder_path=.*no-vae"):
         preflight(missing)
+
+
+def test_decode_fault_with_an_unknown_action_names_the_setting(monkeypatch) -> None:
+    monkeypatch.setenv(*faults.env(decode__fault={"x.mp4": "explode"}).popitem())
+    with pytest.raises(ValueError, match=r"DFM_FAULTS decode.fault must map file base names to one of"):
+        decode_faults()

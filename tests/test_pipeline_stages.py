@@ -21,14 +21,18 @@ from pipeline_helpers import (
 )
 
 from data_pipeline import sources
-from data_pipeline.decode import ClipRejected, DecodeParams, decode_batch, decode_clip, resize_crop, sample_indices
+from data_pipeline.decode import ClipRejected, DecodeParams, decode_clip
 from data_pipeline.encode import EncodeSpec, EncodeStage, encode_levels, frames_to_video
-from data_pipeline.preprocess import check_resources, main, plan_levels, run
+from data_pipeline.isolate import IsolationSettings
+from data_pipeline.preprocess import main, plan_levels, run
+from data_pipeline.resources import check_resources
+from data_pipeline.stages import decode_batch
 from data_pipeline.writer import OutputDir, WriterSpec, write_batch
 from dfm_video.autoencoders import load_autoencoder
 from dfm_video.data import schema as S
 from dfm_video.dfm.pyramid import decompose
 from dfm_video.dfm.standardize import LevelMoments
+from dfm_video.media import resize_crop, sample_indices
 
 PARAMS = DecodeParams(num_frames=9, fps=8.0, resolution=(32, 32), decoder="decord")
 
@@ -207,7 +211,7 @@ def _items(paths: list[Path], **extra) -> dict[str, np.ndarray]:
 
 def test_decode_batch_on_a_hand_built_batch(clips, bad_dir) -> None:
     folder, _ = bad_dir
-    out = decode_batch(_items([clips / "a" / "seed0.mp4", folder / "zero.mp4"]), PARAMS)
+    out = decode_batch(_items([clips / "a" / "seed0.mp4", folder / "zero.mp4"]), PARAMS, IsolationSettings(), 2)
     assert out["frames"].shape == (2, 9, 32, 32, 3) and out["frame_indices"][0].tolist()[:3] == [0, 3, 6]
     assert list(out["reason"]) == ["", "empty file"] and list(out["stage"]) == ["", "decode"]
     assert not out["frames"][1].any() and out["source_fps"][0] == 25.0

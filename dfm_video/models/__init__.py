@@ -1,18 +1,15 @@
 """3D DiT for Decomposable Flow Matching: per-scale patchify, timestep embedders and heads,
-3D RoPE, pluggable attention backends. Architecture only (no deepspeed, no torch.distributed)."""
+3D RoPE, pluggable attention backends. Architecture only (no deepspeed, no torch.distributed).
+Configs come from `dfm_video.config.schema` (plain dataclasses, importable without PyYAML)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from dfm_video.config.schema import DFMConfig, ModelConfig
 from dfm_video.models.attention import attention, available_attention_backends, resolve_attention_backend
 from dfm_video.models.dit import DiT3D
-from dfm_video.models.flops import model_flops, training_flops
+from dfm_video.models.flops import model_flops, parameter_counts, training_flops
 from dfm_video.models.patch import stage_patch_sizes, token_grid
-from dfm_video.models.registry import SIZES, ModelSize, parameter_counts, resolve_size
-
-if TYPE_CHECKING:  # models import no config code at runtime: the GPU image may lack pyyaml
-    from dfm_video.config.schema import DFMConfig, ModelConfig
+from dfm_video.models.registry import SIZES, ModelSize, resolve_size
 
 
 def build_model(model_cfg: ModelConfig, dfm_cfg: DFMConfig) -> DiT3D:

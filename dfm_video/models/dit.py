@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -22,6 +21,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 import kernels
+from dfm_video.config.schema import DFMConfig, ModelConfig
 from dfm_video.models.attention import attention, resolve_attention_backend
 from dfm_video.models.ops import (
     apply_rope,
@@ -33,9 +33,6 @@ from dfm_video.models.ops import (
 )
 from dfm_video.models.patch import patchify, stage_patch_sizes, token_grid, unpatchify
 from dfm_video.models.registry import resolve_size
-
-if TYPE_CHECKING:  # runtime needs only the attributes (the GPU image may lack the config loader's yaml)
-    from dfm_video.config.schema import DFMConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 

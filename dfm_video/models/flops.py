@@ -1,4 +1,4 @@
-"""Analytic FLOPs of DiT3D for MFU reporting.
+"""Cost accounting of DiT3D: analytic FLOPs for MFU reporting, and parameter counts.
 
 Counts 2 FLOPs per multiply-add of every matmul: Linears (patch embedders, timestep MLPs, adaLN
 modulations, qkv/proj, MLP, heads) and the attention matmuls QK^T and AV. Elementwise ops
@@ -8,15 +8,16 @@ modulations, qkv/proj, MLP, heads) and the attention matmuls QK^T and AV. Elemen
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
-from dfm_video.models.dit import FREQ_DIM
+import torch
+
+from dfm_video.config.schema import DFMConfig, ModelConfig
+from dfm_video.models.dit import FREQ_DIM, DiT3D
 from dfm_video.models.patch import stage_patch_sizes, token_grid
 from dfm_video.models.registry import resolve_size
-
-if TYPE_CHECKING:  # runtime needs only the attributes (the GPU image may lack the config loader's yaml)
-    from dfm_video.config.schema import DFMConfig, ModelConfig
 
 
 def model_flops(
@@ -58,3 +59,22 @@ def training_flops(
 ) -> int:
     """Forward + backward FLOPs per sample: 3x forward (activation recomputation not counted)."""
     return 3 * model_flops(model_cfg, dfm_cfg, latent_shape, in_channels)
+
+
+def _count(model_cfg: ModelConfig, dfm_cfg: DFMConfig) -> int:
+    with torch.device("meta"):  # no memory, no init cost: XL builds instantly
+        model = DiT3D(model_cfg, dfm_cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def parameter_counts(model_cfg: ModelConfig, dfm_cfg: DFMConfig) -> dict[str, float]:
+    """Total parameters and DFM's extra over a single-stage model of the same size.
+
+    extra = parameters a plain flow-matching DiT3D (same size, base patch) would not have: the
+    coarser stages' patch embedders, timestep embedders and heads, plus the stage embedding.
+    Returns {"total", "single_stage", "extra", "extra_pct"}.
+    """
+    total = _count(model_cfg, dfm_cfg)
+    single = _count(model_cfg, dataclasses.replace(dfm_cfg, num_stages=1, factors=[], stage_probs=[1.0]))
+    extra = total - single
+    return {"total": total, "single_stage": single, "extra": extra, "extra_pct": 100.0 * extra / single}

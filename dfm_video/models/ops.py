@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 import kernels
@@ -47,20 +46,6 @@ def gated_residual_modulated_norm(
     return kernels.gated_residual_modulated_norm(x, gate, y, shift, scale, "layer", EPS, backend=backend)
 
 
-def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """x * (1 + scale) + shift for x (B, N, D), shift/scale (B, D).
-
-    Not used by the model (it calls the fused `modulated_norm`); kept, with `layer_norm`, for
-    tests/test_model_ops.py, which checks the formula in float64.
-    """
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
-
-
-def layer_norm(x: Tensor, eps: float = EPS) -> Tensor:
-    """LayerNorm over the last dim without affine parameters (adaLN supplies scale and shift)."""
-    return F.layer_norm(x, (x.shape[-1],), eps=eps)
-
-
 # -- QK-norm (no kernel: a weighted RMSNorm over the head dim) ------------------------------------
 
 
@@ -74,15 +59,6 @@ def rms_norm(x: Tensor, weight: Tensor | None = None, eps: float = EPS) -> Tenso
 
 
 # -- 3D RoPE (kernels' convention) -------------------------------------------------------------------
-
-
-def rope_sections(head_dim: int) -> tuple[int, int, int]:
-    """Head-dim channels rotated by the (t, h, w) axes: twice `kernels.rope_axis_pairs`.
-
-    In kernels' split-pair layout an axis' channels are not contiguous (pair i is
-    (x[i], x[i + Dh/2])); this is a count, not a slicing of the head dim.
-    """
-    return tuple(2 * p for p in kernels.rope_axis_pairs(head_dim))  # type: ignore[return-value]
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,15 +1,10 @@
-"""Named DiT3D sizes (DiT's depth / width / heads) and parameter accounting."""
+"""Named DiT3D sizes (DiT's depth / width / heads): plain data. Parameter counts: models/flops.py."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-import torch
-
-if TYPE_CHECKING:  # runtime needs only the attributes (the GPU image may lack the config loader's yaml)
-    from dfm_video.config.schema import DFMConfig, ModelConfig
+from dfm_video.config.schema import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -45,29 +40,3 @@ def resolve_size(model_cfg: ModelConfig) -> ModelSize:
             f"and depth ({size.depth}) >= 1"
         )
     return size
-
-
-def single_stage_config(dfm_cfg: DFMConfig) -> DFMConfig:
-    """The plain flow-matching (S = 1) counterpart of a DFM config."""
-    return dataclasses.replace(dfm_cfg, num_stages=1, factors=[], stage_probs=[1.0])
-
-
-def _count(model_cfg: ModelConfig, dfm_cfg: DFMConfig) -> int:
-    from dfm_video.models.dit import DiT3D  # late import: dit imports this module
-
-    with torch.device("meta"):  # no memory, no init cost: XL builds instantly
-        model = DiT3D(model_cfg, dfm_cfg)
-    return sum(p.numel() for p in model.parameters())
-
-
-def parameter_counts(model_cfg: ModelConfig, dfm_cfg: DFMConfig) -> dict[str, float]:
-    """Total parameters and DFM's extra over a single-stage model of the same size.
-
-    extra = parameters a plain flow-matching DiT3D (same size, base patch) would not have: the
-    coarser stages' patch embedders, timestep embedders and heads, plus the stage embedding.
-    Returns {"total", "single_stage", "extra", "extra_pct"}.
-    """
-    total = _count(model_cfg, dfm_cfg)
-    single = _count(model_cfg, single_stage_config(dfm_cfg))
-    extra = total - single
-    return {"total": total, "single_stage": single, "extra": extra, "extra_pct": 100.0 * extra / single}

@@ -10,14 +10,14 @@ noise (with N = 1 they are the global rank and world size, so nothing changes).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
+from dfm_video import console
+from dfm_video.config.schema import Config
+from dfm_video.models.dit import DiT3D
+from dfm_video.parallel.apply import apply_sequence_parallel
 from dfm_video.parallel.groups import SequenceParallelGroups, build_sequence_parallel_groups
 from dfm_video.parallel.validate import check_sequence_parallel
-
-if TYPE_CHECKING:
-    from dfm_video.config.schema import Config
-    from dfm_video.models.dit import DiT3D
 
 
 def validate_parallel(cfg: Config, latent_shape: Sequence[int]) -> int:
@@ -27,16 +27,13 @@ def validate_parallel(cfg: Config, latent_shape: Sequence[int]) -> int:
 
 def setup_parallel(cfg: Config, model: DiT3D) -> SequenceParallelGroups:
     """Build the groups (collective) and, for N > 1, hook `model` (before deepspeed.initialize)."""
-    from dfm_video.parallel.apply import apply_sequence_parallel
-
     groups = build_sequence_parallel_groups(cfg.distributed.sequence_parallel)
     if groups.size > 1:
         apply_sequence_parallel(model, groups.group)
         if groups.get_sequence_data_parallel_rank() == 0:
-            print(
+            console.report(
                 f"sequence parallel: {groups.size} ranks per batch, {groups.dp_size} data-parallel group(s), "
-                f"{model.num_heads // groups.size} of {model.num_heads} heads per rank in attention",
-                flush=True,
+                f"{model.num_heads // groups.size} of {model.num_heads} heads per rank in attention"
             )
     return groups
 

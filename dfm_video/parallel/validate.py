@@ -6,10 +6,11 @@ Each failure is a ValueError naming the config key and the values involved.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-if TYPE_CHECKING:
-    from dfm_video.config.schema import Config
+from dfm_video.config.schema import Config
+from dfm_video.models.patch import stage_patch_sizes, token_grid
+from dfm_video.models.registry import resolve_size
 
 
 def check_sequence_parallel(cfg: Config, world_size: int, latent_shape: Sequence[int] | None = None) -> int:
@@ -18,9 +19,6 @@ def check_sequence_parallel(cfg: Config, world_size: int, latent_shape: Sequence
     `latent_shape`: the finest level's (T, H, W) (from the shards); None skips the token check
     (sampling checks it when the grid is known). Returns N.
     """
-    from dfm_video.models.patch import stage_patch_sizes, token_grid
-    from dfm_video.models.registry import resolve_size
-
     n = cfg.distributed.sequence_parallel
     key = "distributed.sequence_parallel"
     if n < 1:
