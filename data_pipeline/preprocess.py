@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib.util
 import logging
 import math
 import sys
@@ -35,9 +36,7 @@ if __package__ in (None, ""):  # run as a script (e.g. by `ray submit`, as ~/pre
     # shadow same-named modules: drop it, and fall back to the checkout only if not installed.
     if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
         sys.path.pop(0)
-    try:
-        import data_pipeline  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("data_pipeline") is None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_pipeline.decode import DecodeParams

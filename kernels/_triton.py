@@ -8,9 +8,11 @@ kernel modules (`kernels/_*_triton.py`) are imported lazily, only once a call re
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import logging
 import os
+from types import ModuleType
 from typing import Literal
 
 import torch
@@ -133,3 +135,11 @@ def row_split(n_rows: int, block_rows: int, batch: int, device: torch.device) ->
     n_split = max(1, min(target, n_blocks))
     rows_per = -(-n_blocks // n_split) * block_rows
     return rows_per, -(-n_rows // rows_per)
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_module(name: str) -> ModuleType:
+    """The Triton kernel module `kernels.<name>`, imported on first use: importing it imports triton
+    and decorates its kernels, which freezes the interpreter setting, so it waits until a call has
+    resolved to Triton (see the module docstring). It imports nothing back from `kernels`."""
+    return importlib.import_module(f"kernels.{name}")

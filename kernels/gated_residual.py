@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels._triton import resolve_backend
+from kernels._triton import kernel_module, resolve_backend
 
 
 def gated_residual_reference(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
@@ -23,7 +23,7 @@ def gated_residual_reference(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
 class _GatedResidual(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
-        from kernels import _gated_residual_triton as tri
+        tri = kernel_module("_gated_residual_triton")
 
         x, gate, y = x.contiguous(), gate.contiguous(), y.contiguous()
         ctx.save_for_backward(gate, y)
@@ -31,7 +31,7 @@ class _GatedResidual(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dh: Tensor):
-        from kernels import _gated_residual_triton as tri
+        tri = kernel_module("_gated_residual_triton")
 
         gate, y = ctx.saved_tensors
         dh = dh.contiguous()

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels._triton import resolve_backend
+from kernels._triton import kernel_module, resolve_backend
 
 Norm = Literal["layer", "rms"]
 
@@ -66,7 +66,7 @@ def gated_residual_modulated_norm_reference(
 class _ModulatedNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, shift: Tensor, scale: Tensor, is_rms: bool, eps: float) -> Tensor:
-        from kernels import _modulated_norm_triton as tri
+        tri = kernel_module("_modulated_norm_triton")
 
         x, shift, scale = x.contiguous(), shift.contiguous(), scale.contiguous()
         _, out, mean, rstd = tri.forward(x, shift, scale, is_rms, eps)
@@ -76,7 +76,7 @@ class _ModulatedNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        from kernels import _modulated_norm_triton as tri
+        tri = kernel_module("_modulated_norm_triton")
 
         x, scale, mean, rstd = ctx.saved_tensors
         dx, _, dshift, dscale, _ = tri.backward(
@@ -90,7 +90,7 @@ class _GatedResidualModulatedNorm(torch.autograd.Function):
     def forward(
         ctx, x: Tensor, gate: Tensor, y: Tensor, shift: Tensor, scale: Tensor, is_rms: bool, eps: float
     ) -> tuple[Tensor, Tensor]:
-        from kernels import _modulated_norm_triton as tri
+        tri = kernel_module("_modulated_norm_triton")
 
         x, gate, y = x.contiguous(), gate.contiguous(), y.contiguous()
         shift, scale = shift.contiguous(), scale.contiguous()
@@ -103,7 +103,7 @@ class _GatedResidualModulatedNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dh: Tensor | None, dout: Tensor | None):
-        from kernels import _modulated_norm_triton as tri
+        tri = kernel_module("_modulated_norm_triton")
 
         h, y, gate, scale, mean, rstd = ctx.saved_tensors
         if dout is None:  # only h was used downstream; rare, so a zero tensor is fine

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels._triton import resolve_backend
+from kernels._triton import kernel_module, resolve_backend
 
 
 def rope_axis_pairs(head_dim: int) -> tuple[int, int, int]:
@@ -79,7 +79,7 @@ def apply_rope_reference(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tupl
 class _ApplyRope(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-        from kernels import _rope_triton as tri
+        tri = kernel_module("_rope_triton")
 
         cos, sin = cos.contiguous(), sin.contiguous()
         ctx.save_for_backward(cos, sin)
@@ -88,7 +88,7 @@ class _ApplyRope(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dq: Tensor | None, dk: Tensor | None):
-        from kernels import _rope_triton as tri
+        tri = kernel_module("_rope_triton")
 
         cos, sin = ctx.saved_tensors
         # The rotation is orthogonal: its gradient is the inverse rotation (sin -> -sin).

@@ -161,7 +161,6 @@ def test_no_late_project_imports_in_sampling_and_evaluation():
     )
 
 
-@pytest.mark.xfail(strict=False, reason="other branches remove the rest")
 def test_no_late_project_imports_anywhere():
     assert late_imports(*PROJECT) == []
 

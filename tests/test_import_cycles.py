@@ -14,13 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ("dfm_video", "data_pipeline", "kernels")
-FOLDERS = (
-    "data_pipeline",
-    "dfm_video/models",
-    "dfm_video/parallel",
-    "dfm_video/dfm",
-    "dfm_video/autoencoders",
-)
+FOLDERS = ("data_pipeline", "dfm_video", "kernels")
 
 
 def _module_name(path: Path, root: Path) -> str:
