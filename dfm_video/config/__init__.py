@@ -24,6 +24,7 @@ _LOADER_NAMES = (
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "read_config_file",
     "require",
     "resolve_config_path",
     "save_config",
