@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from dfm_video import launch_env
 from dfm_video.config import load_config, require, resolve_config_path
 from dfm_video.console import configure_output
 
@@ -49,6 +50,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    launch_env.from_slurm()  # srun tasks: RANK / WORLD_SIZE before the resume plan reads them
     configure_output(args.verbose)
     try:
         path = resolve_config_path(args.config)
