@@ -27,8 +27,8 @@ _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def resolve_config_path(name: str | Path) -> Path:
-    """Return `name` if it is an existing file, else the same name under the repo's `configs/`."""
-    path = Path(name)
+    """Return `name` (`~` expanded) if it is an existing file, else the same name under the repo's `configs/`."""
+    path = Path(name).expanduser()
     if path.is_file():
         return path
     for candidate in (CONFIG_DIR / path, CONFIG_DIR / f"{path}.yaml"):
