@@ -34,8 +34,9 @@ pytestmark = pytest.mark.slow
 SETUP = ROOT / "cluster" / "slurm" / "dev-cluster.sh"
 STEPS = 16
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
-# Two tasks of one CPU on one node; the scripts' own GPU request is lifted (--gres=none).
-CPU_JOB = ["--nodes=1", "--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1", "--gres=none", "--time=20"]
+# Two tasks of one CPU on one node; the scripts' own GPU request is lifted (--gres=none); a time limit
+# well past the USR1 warning (10 min before it), so only the test sends one.
+CPU_JOB = ["--nodes=1", "--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1", "--gres=none", "--time=60"]
 
 
 @pytest.fixture(scope="module")
