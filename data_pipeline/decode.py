@@ -28,6 +28,8 @@ failure (a crash, a hang, an exception) into a reject too, so a bad file never s
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import importlib.util
 import logging
 import math
 import os
@@ -37,7 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dfm_video.config.schema import PreprocessConfig
+from dfm_video.config.schema import Config, PreprocessConfig
 
 # One rule for training clips and evaluation clips: the resize/crop and the constant-rate frame
 # pick (`pick_by_time` generalises `sample_indices` to variable frame rates) live beside the
@@ -46,6 +48,16 @@ from dfm_video.media import resize_crop
 
 log = logging.getLogger(__name__)
 _fallback_logged = False
+
+
+def with_available_decoder(cfg: Config) -> Config:
+    """`cfg` with preprocess.decoder = "pyav" where decord is not installed (it has no wheel on some
+    platforms, e.g. aarch64), else `cfg` itself. PyAV gives bit-identical frames; the switch is
+    logged and the dataset's stored config names the decoder that ran."""
+    if cfg.preprocess.decoder != "decord" or importlib.util.find_spec("decord") is not None:
+        return cfg
+    log.warning("preprocess.decoder: decord is not installed here; using PyAV (bit-identical frames)")
+    return dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, decoder="pyav"))
 
 
 @dataclass(frozen=True)

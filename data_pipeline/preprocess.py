@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script (e.g. by `ray submit`, as ~/pre
     if importlib.util.find_spec("data_pipeline") is None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_pipeline.decode import DecodeParams
+from data_pipeline.decode import DecodeParams, with_available_decoder
 from data_pipeline.encode import EncodeSpec
 from data_pipeline.isolate import IsolationSettings
 from data_pipeline.resources import check_config, preflight, wait_for_resources
@@ -183,6 +183,7 @@ def _start_ray(cfg: Config) -> bool:
 def run(cfg: Config) -> Summary:
     """Run (or resume) the preprocessing job described by `cfg`; returns the summary."""
     start = time.time()
+    cfg = with_available_decoder(cfg)
     p = cfg.preprocess
     require(cfg, "preprocess.input_dir", "preprocess.output_dir", source="preprocess")
     check_config(p)

@@ -11,6 +11,7 @@ from dfm_video.config.loader import (
     config_from_dict,
     config_to_dict,
     load_config,
+    read_config_file,
     require,
     resolve_config_path,
     save_config,
@@ -31,6 +32,7 @@ from dfm_video.config.schema import (
 
 __all__ = [
     "CONFIG_DIR",
+    "read_config_file",
     "Config",
     "DataConfig",
     "DFMConfig",

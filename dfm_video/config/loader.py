@@ -33,8 +33,8 @@ def _yaml() -> Any:
 
 
 def resolve_config_path(name: str | Path) -> Path:
-    """Return `name` if it is an existing file, else the same name under the repo's `configs/`."""
-    path = Path(name)
+    """Return `name` (`~` expanded) if it is an existing file, else the same name under the repo's `configs/`."""
+    path = Path(name).expanduser()
     if path.is_file():
         return path
     for candidate in (CONFIG_DIR / path, CONFIG_DIR / f"{path}.yaml"):
@@ -50,21 +50,58 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     if path is not None:
         resolved = resolve_config_path(path)
         source = str(resolved)
-        yaml = _yaml()
-        try:
-            loaded = yaml.safe_load(resolved.read_text())
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{source}: not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{source}: expected a mapping of sections at the top level, got {type(loaded).__name__}")
-        data = loaded
+        data = read_config_file(resolved)
     cfg = config_from_dict(data, source)
     for item in overrides:
         cfg = apply_override(cfg, item)
     validate(cfg, source)
     return cfg
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The nested dict of one YAML config file, with its `base:` chain merged in.
+
+    `base: k700.yaml` names another config file, relative to the naming file's folder (or absolute);
+    the file then states only what differs. Mappings merge key by key; any other value (lists
+    included) replaces the base's. Bases may chain; a cycle or a missing base is an error naming the
+    file that refers to it.
+    """
+    return _read_with_bases(Path(path), ())
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    resolved = path.resolve()
+    yaml = _yaml()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise ValueError(f"{chain[-1]}: 'base' forms a cycle: {cycle}")
+    try:
+        loaded = yaml.safe_load(resolved.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of sections at the top level, got {type(loaded).__name__}")
+    if "base" not in loaded:
+        return loaded
+    base = loaded.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{path}: key 'base': expected a config file name, got {base!r}")
+    base_path = Path(base) if Path(base).is_absolute() else resolved.parent / base
+    if not base_path.is_file():
+        raise ValueError(f"{path}: key 'base': config file not found: '{base}' (looked at {base_path})")
+    return _merge(_read_with_bases(base_path, (*chain, resolved)), loaded)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
@@ -104,7 +141,7 @@ def apply_override(cfg: Config, item: str) -> Config:
     `dfm=single_stage`). Setting `dfm.factors` re-derives `dfm.num_stages` unless it was set apart from them."""
     source = f"--set {item}"
     if "=" not in item:
-        raise ValueError(f"{source}: expected KEY=VALUE, e.g. train.lr=2e-4")
+        raise ValueError(f"{source}: expected KEY=VALUE, e.g. optim.lr=2e-4")
     key, raw = item.split("=", 1)
     key = key.strip()
     yaml = _yaml()

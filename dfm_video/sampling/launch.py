@@ -16,6 +16,8 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from dfm_video import launch_env
+
 #: Ranks wait for each other at most this long in a collective: the slowest rank's remaining
 #: work (about one batch after a balanced start, but a whole evaluation set for feature gathers).
 TIMEOUT = timedelta(hours=12)
@@ -39,7 +41,8 @@ class Launch:
 
     @classmethod
     def from_env(cls, local_rank_arg: Optional[int] = None) -> "Launch":
-        """Read the launcher's variables; a plain `python -m` run is rank 0 of 1."""
+        """Read the launcher's variables (srun's too); a plain `python -m` run is rank 0 of 1."""
+        launch_env.from_slurm()
         world = _env_int("WORLD_SIZE", 1)
         rank = _env_int("RANK", 0)
         local = _env_int("LOCAL_RANK", local_rank_arg if local_rank_arg is not None else 0)

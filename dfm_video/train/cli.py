@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from tqdm.auto import tqdm
 
+from dfm_video import launch_env
 from dfm_video.config import load_config, require, resolve_config_path
 from dfm_video.console import configure_output
 from dfm_video.train.trainer import NonFiniteLossError, train
@@ -74,6 +75,7 @@ def log_to_console() -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    launch_env.from_slurm()  # srun tasks: RANK / WORLD_SIZE before the resume plan reads them
     configure_output(args.verbose)
     log_to_console()
     try:

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from dfm_video import launch_env
+
 
 @dataclass
 class TrainState:
@@ -42,12 +44,14 @@ def import_deepspeed() -> Any:
 
 
 def init_distributed(backend: str = "auto") -> DistInfo:
-    """Start the process group from the launcher's environment (deepspeed or torchrun)."""
+    """Start the process group from the launcher's environment (deepspeed, torchrun or srun)."""
+    launch_env.from_slurm()
     deepspeed = import_deepspeed()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise RuntimeError(
             "dfm_video/train.py must be started by a launcher: `deepspeed dfm_video/train.py ...` or "
-            "`torchrun --nproc_per_node N dfm_video/train.py ...` (no RANK/WORLD_SIZE in the environment)"
+            "`torchrun --nproc_per_node N dfm_video/train.py ...` or `srun dfm_video/train.py ...` inside a Slurm "
+            "allocation (no RANK/WORLD_SIZE in the environment)"
         )
     cuda = torch.cuda.is_available()
     if backend == "auto":
