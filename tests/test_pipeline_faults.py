@@ -21,6 +21,7 @@ from pipeline_helpers import (
 import data_pipeline.preprocess as P
 from data_pipeline.decode import ClipRejected, DecodeParams, decode_clip, resize_crop
 from data_pipeline.isolate import DecoderProcess, IsolationSettings
+from dfm_video import faults
 from dfm_video.data import schema as S
 
 TB = Fraction(1, 1000)  # millisecond timestamps
@@ -143,7 +144,7 @@ def test_faulty_clips_become_rejects_and_the_job_goes_on(ray_local, tmp_path, mo
     write_synthetic(clips / "b" / "windows.wmv", pts, TB, codec="wmv2", fmt="asf")
     (clips / "b" / "README.txt").write_text("notes, not a video\n")
     monkeypatch.setenv("DFM_TEST_DECODE_HOOK", "hang.mp4=hang,segv.mp4=segv")
-    monkeypatch.setenv("DFM_TEST_ENCODE_HOOK", "encfail.mp4")
+    monkeypatch.setenv(*faults.env(encode__oom=["encfail.mp4"]).popitem())
     out = tmp_path / "out"
     cfg = tiny_config(
         out,
