@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import logging
 import time
 from dataclasses import dataclass
@@ -44,6 +46,16 @@ def check_config(p: PreprocessConfig) -> None:
         raise ValueError(f"preprocess.decode_concurrency={p.decode_concurrency} must be at least 1 (or null)")
     if p.layout not in ("split", "fused"):
         raise ValueError(f"preprocess.layout='{p.layout}' must be 'split' or 'fused'")
+    if p.decoder == "torchcodec_cuda" and (p.layout != "fused" or p.encode_gpus <= 0):
+        raise ValueError(
+            f"preprocess.decoder='torchcodec_cuda' decodes on the encoder's GPU: it needs preprocess.layout='fused' "
+            f"and preprocess.encode_gpus > 0 (got layout='{p.layout}', encode_gpus={p.encode_gpus})"
+        )
+    if p.decoder.startswith("torchcodec") and importlib.util.find_spec("torchcodec") is None:
+        raise ValueError(
+            f"preprocess.decoder='{p.decoder}' needs the package torchcodec, which this Python cannot import "
+            f"(pip install torchcodec; FFmpeg 4-7 shared libraries must be installed too)"
+        )
 
 
 @dataclass
