@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import importlib.util
-
 import logging
 import time
 from dataclasses import dataclass
