@@ -14,11 +14,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from dataclasses import dataclass
 
+from data_pipeline.decode import import_torchcodec
 from dfm_video.config.schema import Config, PreprocessConfig
 
 log = logging.getLogger("data_pipeline.resources")
@@ -50,11 +50,11 @@ def check_config(p: PreprocessConfig) -> None:
             f"preprocess.decoder='torchcodec_cuda' decodes on the encoder's GPU: it needs preprocess.layout='fused' "
             f"and preprocess.encode_gpus > 0 (got layout='{p.layout}', encode_gpus={p.encode_gpus})"
         )
-    if p.decoder.startswith("torchcodec") and importlib.util.find_spec("torchcodec") is None:
-        raise ValueError(
-            f"preprocess.decoder='{p.decoder}' needs the package torchcodec, which this Python cannot import "
-            f"(pip install torchcodec; FFmpeg 4-7 shared libraries must be installed too)"
-        )
+    if p.decoder.startswith("torchcodec"):
+        try:
+            import_torchcodec()
+        except ImportError as exc:
+            raise ValueError(f"preprocess.decoder='{p.decoder}': {exc}") from exc
 
 
 @dataclass
