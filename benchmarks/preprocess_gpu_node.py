@@ -341,13 +341,39 @@ def decoder_table(files: list[str], shape: Shape, decoders: list[str], workers: 
         diff = int(np.abs(got.frames.astype(np.int16) - ref.frames.astype(np.int16)).max())
         same_idx = got.indices == ref.indices
         method = "spawn" if d == "torchcodec_cuda" else "fork"  # CUDA in the children needs a fresh process
-        one = ceiling(1, files, params, run_s, method)
-        many = ceiling(workers, files, params, run_s, method)
+        one = ceiling(1, files, params, run_s / 2, method)
+        many = ceiling(workers, files, params, run_s / 2, method)
         verdict = "ok" if diff <= 4 else "OVER"
         rows.append(
             f"| {d} ({got.decoder}) | {one:.2f} | {many:.2f} | {diff} ({verdict}: the codec's rounding allows 4; "
             f"same frames picked: {same_idx}) |"
         )
+    return rows
+
+
+def encoder_table(spec: EncodeSpec, batch: dict, shard: int, deadline: float) -> list[str]:
+    """The encoder actor alone under its options: one clip per call, micro-batches, channels_last."""
+    rows = []
+    variants = [
+        ("1 clip per call", dict(batch_size=1)),
+        (f"up to {spec.batch_size} clips per call", {}),
+        (f"up to {spec.batch_size} clips per call, channels_last_3d", dict(channels_last=True)),
+    ]
+    for name, change in variants:
+        if time.time() + 40 > deadline:
+            rows.append(f"| {name} | skipped (budget) | |")
+            continue
+        stage = EncodeStage(EncodeSpec(**{**spec.__dict__, **change}))
+        times = []
+        for _ in range(3):  # the first call measures memory and lets cuDNN pick kernels
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            stage(batch)
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) / shard)
+        rows.append(f"| {name} | {min(times[1:]):.3f} | {stage.cap if stage.spec.batch_size != 1 else 1} |")
+        del stage
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -453,14 +479,21 @@ def main(argv: list[str] | None = None) -> int:
             res = pipeline(n, files, params, stage, writer, shard, run_s, "fork")
             figures["rows"].append(dict(ceiling=ceil, **res.__dict__, rate=res.rate))
             print(f"  {n} workers: ceiling {ceil:.2f} clips/s, pipeline {res.rate:.2f} clips/s", flush=True)
+        enc_rows = []
+        if not quick and time.time() + 90 < deadline:
+            enc_rows = encoder_table(spec, batch_of(items, frames, params), shard, deadline - 60)
         written = [S.read_shard_meta(f).num_samples for f in S.list_shards(out)]
         figures["shards"], figures["samples_in_shards"] = len(written), sum(written)
         dec_rows = []
-        if time.time() + 4 * len(decoders) * run_s + 20 < deadline:
+        if time.time() + 2 * len(decoders) * run_s + 30 < deadline:
             dec_rows = decoder_table(files, shape, decoders, max(workers), run_s)
         else:
             skipped.append("decoder comparison")
     report(figures, dec_rows, skipped, shape, args, run_s, batch, shard)
+    if enc_rows:
+        print("\n| encoder alone (one shard of random frames) | s/clip | clips per call |\n|---|---|---|")
+        print("\n".join(enc_rows))
+    figures["encoder_rows"] = enc_rows
     figures["elapsed_s"] = time.time() - t_start
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
