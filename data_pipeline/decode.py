@@ -14,10 +14,13 @@ Resize: the shorter side (more precisely: the side that needs the larger scale) 
 target, then a centre crop to (H, W). Bilinear with antialiasing on uint8 frames (torch's
 `interpolate(..., antialias=True)`), so downscaling does not alias.
 
-Decoders: decord (default) or PyAV. When decord cannot read a file, PyAV is tried; both return
-bit-identical RGB frames (measured, shared/PLATFORM_NOTES.md), so the fallback changes only which
-library ran: it is logged once per worker and counted in the run summary. Rotated files go to
-PyAV directly (decord ignores rotation and fails on 90-degree files). Any container FFmpeg reads
+Decoders: decord (default), PyAV, or torchcodec (optional package) on the CPU or on the GPU
+(`torchcodec_cuda`, NVDEC). When decord or torchcodec cannot read a file, PyAV is tried; decord,
+torchcodec on the CPU and PyAV return bit-identical RGB frames (measured, shared/PLATFORM_NOTES.md
+and tests/test_decode_torchcodec.py; NVDEC within a few levels), so the fallback changes only
+which library ran: it is logged once per worker and counted in the run summary. Rotated files go
+to PyAV directly (decord ignores rotation and fails on 90-degree files; torchcodec is not relied
+on for it). Any container FFmpeg reads
 (.mpg, .ogv, .ts, .flv, .wmv, .3gp, ...) decodes: decord first, PyAV when decord refuses it.
 
 Every failure becomes a reject (stage "decode", a short reason, the full message); a bad file
@@ -296,7 +299,8 @@ def decode_clip(path: str, is_image: bool, p: DecodeParams) -> Decoded:
         return Decoded(resize_crop(read_image(path), p.resolution), [0], 0.0, "pil")
     decoder = p.decoder
     if decoder != "pyav":
-        # decord and torchcodec ignore rotation metadata (decord fails or garbles rotated files): those go to PyAV
+        # decord ignores rotation metadata (and fails or garbles rotated files), torchcodec is not relied on for
+        # it: rotated files go to PyAV
         _, rotation = probe_pyav(path)
         if rotation:
             decoder = "pyav"

@@ -77,6 +77,9 @@ def test_clip_moments_equal_level_moments_update() -> None:
     for i in range(3):
         merged.add(0, n, mean[i], m2[i])
     assert n == 50 and torch.equal(direct.mean, merged.mean) and torch.equal(direct.m2, merged.m2)
+    flat = x.double().numpy().reshape(3, 4, -1)  # the textbook definitions, independently of both
+    np.testing.assert_allclose(mean.numpy(), flat.mean(axis=2), rtol=1e-13)
+    np.testing.assert_allclose(m2.numpy(), flat.var(axis=2) * 50, rtol=1e-12)
 
 
 @pytest.mark.parametrize("latent_dtype", ["float32", "bfloat16"])
