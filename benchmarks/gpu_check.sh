@@ -10,7 +10,11 @@
 # FM vs DFM, attention backends, compiled blocks if time allows; ms/step, TFLOP/s, MFU), then
 # bench_kernels (each fused op alone: Triton vs eager vs torch.compile), then bench_deepspeed (the
 # ZeRO-2 engine on DiT3D-XL, old vs new DeepSpeed settings, save/load round trip; needs the
-# deepspeed wheel on PYTHONPATH; one process, no launcher; ~100 s, cap 150 s).
+# deepspeed wheel on PYTHONPATH; one process, no launcher; ~100 s, cap 150 s), then
+# preprocess_gpu_node (the k700-shape preprocessing pipeline on this node: decode workers 1-14, the
+# encoder actor on the GPU, shards; needs the av, diffusers and pyarrow wheels; ~5-6 min, cap 420 s:
+# it plans its rows inside its share and lists what it skipped; give it its own call with
+# GPU_CHECK_BUDGET_S when the sections before it use the budget).
 # Time: the whole script stays under $GPU_CHECK_BUDGET_S (450 s): the tests get at most 150 s,
 # each section at most its cap (bench_step 200 s, others $SECTION_TIMEOUT = 300 s) and never more
 # than what is left; a section is told its share in $GPU_CHECK_SECTION_BUDGET_S (bench_step skips
@@ -26,8 +30,9 @@ SECTIONS=(
   benchmarks.bench_step
   benchmarks.bench_kernels
   benchmarks.bench_deepspeed
+  benchmarks.preprocess_gpu_node
 )
-declare -A CAP=([benchmarks.bench_step]=200 [benchmarks.bench_deepspeed]=150)  # seconds; the rest get ${SECTION_TIMEOUT:-300}
+declare -A CAP=([benchmarks.bench_step]=200 [benchmarks.bench_deepspeed]=150 [benchmarks.preprocess_gpu_node]=420)  # seconds; the rest get ${SECTION_TIMEOUT:-300}
 TOTAL="${GPU_CHECK_BUDGET_S:-450}"
 status=0
 start=$SECONDS

@@ -14,10 +14,13 @@ Resize: the shorter side (more precisely: the side that needs the larger scale) 
 target, then a centre crop to (H, W). Bilinear with antialiasing on uint8 frames (torch's
 `interpolate(..., antialias=True)`), so downscaling does not alias.
 
-Decoders: decord (default) or PyAV. When decord cannot read a file, PyAV is tried; both return
-bit-identical RGB frames (measured, shared/PLATFORM_NOTES.md), so the fallback changes only which
-library ran: it is logged once per worker and counted in the run summary. Rotated files go to
-PyAV directly (decord ignores rotation and fails on 90-degree files). Any container FFmpeg reads
+Decoders: decord (default), PyAV, or torchcodec (optional package) on the CPU or on the GPU
+(`torchcodec_cuda`, NVDEC). When decord or torchcodec cannot read a file, PyAV is tried; decord,
+torchcodec on the CPU and PyAV return bit-identical RGB frames (measured, shared/PLATFORM_NOTES.md
+and tests/test_decode_torchcodec.py; NVDEC within a few levels), so the fallback changes only
+which library ran: it is logged once per worker and counted in the run summary. Rotated files go
+to PyAV directly (decord ignores rotation and fails on 90-degree files; torchcodec is not relied
+on for it). Any container FFmpeg reads
 (.mpg, .ogv, .ts, .flv, .wmv, .3gp, ...) decodes: decord first, PyAV when decord refuses it.
 
 Every failure of a readable-but-unusable file is a `ClipRejected` (a short reason, the full
@@ -65,7 +68,7 @@ class DecodeParams:
     num_frames: int  # frames per clip (1 for images)
     fps: float  # target rate of the sampled frames
     resolution: tuple[int, int]  # (H, W) after resize + crop
-    decoder: str  # "decord" | "pyav"
+    decoder: str  # "decord" | "pyav" | "torchcodec" | "torchcodec_cuda"
     threads: int = 1
 
     @classmethod
@@ -242,6 +245,48 @@ def read_pyav(path: str, p: DecodeParams) -> tuple[np.ndarray, list[int], float]
         return rotate_frames(frames, rotation), idx, fps
 
 
+def import_torchcodec() -> Any:
+    """The optional GPU/FFmpeg decoder package; an ImportError naming it when it is not installed."""
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except Exception as exc:  # ImportError, or its FFmpeg libraries missing (RuntimeError/OSError)
+        raise ImportError(
+            f"preprocess.decoder=torchcodec/torchcodec_cuda needs the package torchcodec with FFmpeg 4-7 shared "
+            f"libraries (pip install torchcodec: a CUDA build of torch for torchcodec_cuda, the 0.13 CPU build for "
+            f"torchcodec); importing it failed: {exc}"
+        ) from exc
+    return VideoDecoder
+
+
+def read_torchcodec(path: str, p: DecodeParams, device: str) -> tuple[np.ndarray, list[int], float]:
+    """torchcodec on `device` ("cpu", or "cuda": NVDEC); frames picked by time like the other readers.
+
+    Presentation times come from the container's packets (PyAV demuxes, nothing is decoded), so the
+    pick is the same rule on the same timestamps as decord's; torchcodec's exact seek mode indexes
+    frames in presentation order. Frames return to the host as (F, H, W, 3) uint8."""
+    import av
+
+    VideoDecoder = import_torchcodec()
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise ClipRejected("no video stream", f"{path}: the file has no video stream")
+            stream = container.streams.video[0]
+            fps = check_rate(path, float(stream.average_rate) if stream.average_rate else None, p)
+            pts = sorted({Fraction(pk.pts) * stream.time_base for pk in container.demux(stream) if pk.pts is not None})
+    except ClipRejected:
+        raise
+    except Exception as exc:
+        raise ClipRejected("unreadable", f"{path}: not a readable media file: {exc}") from exc
+    idx = pick_by_time(path, [t - pts[0] for t in pts], p)
+    try:
+        dec = VideoDecoder(path, device=device, seek_mode="exact", dimension_order="NHWC")
+        frames = dec.get_frames_at(indices=idx).data.cpu().numpy()
+    except Exception as exc:
+        raise ClipRejected("decode error", f"{path}: torchcodec ({device}) failed while decoding: {exc}") from exc
+    return frames, idx, fps
+
+
 def read_image(path: str) -> np.ndarray:
     from PIL import Image
 
@@ -259,27 +304,29 @@ def decode_clip(path: str, is_image: bool, p: DecodeParams) -> Decoded:
     if is_image:
         return Decoded(resize_crop(read_image(path), p.resolution), [0], 0.0, "pil")
     decoder = p.decoder
-    if decoder == "decord":
-        # decord ignores rotation metadata (and fails or garbles rotated files): those go to PyAV
+    if decoder != "pyav":
+        # decord ignores rotation metadata (and fails or garbles rotated files), torchcodec is not relied on for
+        # it: rotated files go to PyAV
         _, rotation = probe_pyav(path)
         if rotation:
             decoder = "pyav"
-    if decoder == "decord":
+    if decoder != "pyav":
         try:
-            frames, idx, fps = read_decord(path, p)
+            if decoder == "decord":
+                frames, idx, fps = read_decord(path, p)
+            else:
+                frames, idx, fps = read_torchcodec(path, p, "cuda" if decoder == "torchcodec_cuda" else "cpu")
         except ClipRejected as exc:
             if exc.reason not in ("unreadable", "decode error"):
                 raise  # a verdict on the stream (too short, no fps): PyAV would say the same
             try:
                 frames, idx, fps = read_pyav(path, p)
             except ClipRejected as exc2:
-                raise ClipRejected(exc2.reason, f"{exc2.detail} (decord: {exc.detail})") from exc2
-            decoder = "pyav-fallback"
+                raise ClipRejected(exc2.reason, f"{exc2.detail} ({decoder}: {exc.detail})") from exc2
             if not _fallback_logged:
-                log.warning(
-                    "decord could not read %s; PyAV decoded it (identical frames, slower): %s", path, exc.detail
-                )
+                log.warning("%s could not read %s; PyAV decoded it (equal frames): %s", decoder, path, exc.detail)
                 _fallback_logged = True
+            decoder = "pyav-fallback"
     else:
         frames, idx, fps = read_pyav(path, p)
     return Decoded(resize_crop(frames, p.resolution), idx, fps, decoder, (int(frames.shape[1]), int(frames.shape[2])))

@@ -18,6 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from data_pipeline.decode import import_torchcodec
 from dfm_video.config.schema import Config, PreprocessConfig
 
 log = logging.getLogger("data_pipeline.resources")
@@ -44,6 +45,16 @@ def check_config(p: PreprocessConfig) -> None:
         raise ValueError(f"preprocess.decode_concurrency={p.decode_concurrency} must be at least 1 (or null)")
     if p.layout not in ("split", "fused"):
         raise ValueError(f"preprocess.layout='{p.layout}' must be 'split' or 'fused'")
+    if p.decoder == "torchcodec_cuda" and (p.layout != "fused" or p.encode_gpus <= 0):
+        raise ValueError(
+            f"preprocess.decoder='torchcodec_cuda' decodes on the encoder's GPU: it needs preprocess.layout='fused' "
+            f"and preprocess.encode_gpus > 0 (got layout='{p.layout}', encode_gpus={p.encode_gpus})"
+        )
+    if p.decoder.startswith("torchcodec"):
+        try:
+            import_torchcodec()
+        except ImportError as exc:
+            raise ValueError(f"preprocess.decoder='{p.decoder}': {exc}") from exc
 
 
 @dataclass

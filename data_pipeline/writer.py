@@ -77,7 +77,9 @@ def write_batch(spec: WriterSpec, batch: dict[str, np.ndarray]) -> dict[str, np.
                 source_width=int(_col(batch, "source_width", i, 0)),
             )
         )
-    shard = write_clips(spec.output_dir, samples, rejects, spec.layout())
+    # Moments taken on the encoder's device (the `moments` column of data_pipeline.encode) are merged as they are.
+    moments = [batch["moments"][i] for i in range(n) if ok[i]] if "moments" in batch else None
+    shard = write_clips(spec.output_dir, samples, rejects, spec.layout(), moments)
     return {
         "key": np.array(keys, dtype=object),
         "status": np.array(["ok" if o else "rejected" for o in ok], dtype=object),

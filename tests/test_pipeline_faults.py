@@ -140,9 +140,9 @@ def test_faulty_clips_become_rejects_and_the_job_goes_on(ray_local, tmp_path, mo
     write_synthetic(clips / "b" / "flash.flv", pts, TB, codec="flv", fmt="flv")
     write_synthetic(clips / "b" / "windows.wmv", pts, TB, codec="wmv2", fmt="asf")
     (clips / "b" / "README.txt").write_text("notes, not a video\n")
-    for k, v in faults.env(decode__fault={"hang.mp4": "hang", "segv.mp4": "segv"}).items():
+    fault_env = faults.env(decode__fault={"hang.mp4": "hang", "segv.mp4": "segv"}, encode__oom=["encfail.mp4"])
+    for k, v in fault_env.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setenv("DFM_TEST_ENCODE_HOOK", "encfail.mp4")
     out = tmp_path / "out"
     cfg = tiny_config(
         out,

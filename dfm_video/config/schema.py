@@ -239,8 +239,10 @@ class PreprocessConfig:
     """Target frame rate of the sampled frames."""
     resolution: tuple[int, int] = (64, 64)
     """Output frame size (H, W) after resize and centre crop."""
-    decoder: Literal["decord", "pyav"] = "decord"
-    """Video decoder; PyAV is the fallback when decord cannot open a file."""
+    decoder: Literal["decord", "pyav", "torchcodec", "torchcodec_cuda"] = "decord"
+    """Video decoder: decord, PyAV, torchcodec on the CPU, or torchcodec on the GPU (NVDEC; needs the
+    `fused` layout, whose GPU actor's decode processes see its GPU). Frames are equal across decoders
+    to the codec's rounding; PyAV is the fallback when another decoder cannot read a file."""
     autoencoder: Literal["pixel", "cogvideox", "wan", "kl"] = "pixel"
     """Latent codec: weight-free space-to-depth `pixel`, or a diffusers VAE."""
     autoencoder_path: str = ""

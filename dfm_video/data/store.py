@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pyarrow as pa
+import torch
 import yaml
 
 from dfm_video.config.loader import config_to_dict, save_config
@@ -89,18 +90,41 @@ class ShardLayout:
     latent_dtype: str = "float32"
 
 
-def write_clips(root: str | Path, samples: Sequence[S.Sample], rejects: Sequence[Reject], layout: ShardLayout) -> str:
+def write_clips(
+    root: str | Path,
+    samples: Sequence[S.Sample],
+    rejects: Sequence[Reject],
+    layout: ShardLayout,
+    clip_moments: Sequence[Any] | None = None,
+) -> str:
     """Worker side: `samples` -> one shard (moments of the values AS STORED, float64), `rejects` ->
-    one rejects part; both atomic and content-keyed. Returns the shard's file name ("" if none)."""
+    one rejects part; both atomic and content-keyed. Returns the shard's file name ("" if none).
+
+    `clip_moments[i]`, when given, holds sample i's moments already taken where it was encoded
+    (`data_pipeline.encode`: (S + 1, 2, C) float64, (mean, m2) per level of the stored values, then
+    of the recomposed latent); they are merged in sample order instead of being recomputed here."""
     root = Path(root)
     shard = ""
+    if clip_moments is not None and len(clip_moments) != len(samples):
+        raise ValueError(f"write_clips: {len(clip_moments)} clip moments for {len(samples)} samples")
     if samples:
         num_levels, channels = len(layout.level_shapes), layout.level_shapes[0][0]
         moments, latent = LevelMoments(num_levels, channels), LevelMoments(1, channels)
-        for smp in samples:
+        for i, smp in enumerate(samples):
             smp.levels = [S.storage_round(x, layout.latent_dtype) for x in smp.levels]
-            moments.update(smp.levels)
-            latent.update([recompose([x[None] for x in smp.levels], layout.factors, layout.temporal_mode)])
+            if clip_moments is None:
+                moments.update(smp.levels)
+                latent.update([recompose([x[None] for x in smp.levels], layout.factors, layout.temporal_mode)])
+                continue
+            m = torch.as_tensor(clip_moments[i], dtype=torch.float64)
+            if tuple(m.shape) != (num_levels + 1, 2, channels):
+                raise ValueError(
+                    f"write_clips: moments of {smp.key} are {tuple(m.shape)}, want {(num_levels + 1, 2, channels)}"
+                )
+            for s, x in enumerate(smp.levels):
+                moments.add(s, x[0].numel(), m[s, 0], m[s, 1])
+            full = layout.level_shapes[-1]
+            latent.add(0, full[1] * full[2] * full[3], m[num_levels, 0], m[num_levels, 1])
         meta = S.ShardMeta(
             len(samples),
             layout.factors,

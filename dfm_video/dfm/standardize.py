@@ -72,6 +72,17 @@ def destandardize(levels: Sequence[Tensor], stats: LevelStats) -> list[Tensor]:
     return [x * _broadcast(stats.std[s], x) + _broadcast(stats.mean[s], x) for s, x in enumerate(levels)]
 
 
+def clip_moments(x: Tensor) -> tuple[float, Tensor, Tensor]:
+    """Per-clip, per-channel moments of a batch (B, C, ...) in float64 on `x`'s device.
+
+    Returns (values per channel of one clip, mean (B, C), m2 (B, C)): what `LevelMoments.add` merges.
+    Two passes (mean, then the squared deviations from it), as `LevelMoments.update` does."""
+    flat = x.detach().to(torch.float64).reshape(x.shape[0], x.shape[1], -1)  # (B, C, N)
+    mean = flat.mean(dim=2)
+    m2 = (flat - mean[..., None]).square_().sum(dim=2)
+    return float(flat.shape[2]), mean, m2
+
+
 class LevelMoments:
     """Running per-level, per-channel count / mean / M2 (Chan et al.), mergeable across workers.
 
@@ -88,14 +99,16 @@ class LevelMoments:
         if len(levels) != self.count.shape[0]:
             raise ValueError(f"expected {self.count.shape[0]} levels, got {len(levels)}")
         for s, x in enumerate(levels):
-            x = x.detach().to(torch.float64)
+            x = x.detach()
             if x.dim() == 4:
                 x = x.unsqueeze(0)
-            flat = x.transpose(0, 1).reshape(x.shape[1], -1)  # (C, N)
-            n = flat.shape[1]
-            mean = flat.mean(dim=1)
-            m2 = ((flat - mean[:, None]) ** 2).sum(dim=1)
-            self._merge_level(s, float(n), mean, m2)
+            n, mean, m2 = clip_moments(x.transpose(0, 1).unsqueeze(0))  # the whole batch as one group
+            self._merge_level(s, n, mean[0], m2[0])
+
+    def add(self, s: int, count: float, mean: Tensor, m2: Tensor) -> None:
+        """Merge moments gathered elsewhere (e.g. `clip_moments` on a GPU) into level `s`: `count`
+        values per channel with per-channel `mean` and `m2` (C,)."""
+        self._merge_level(s, float(count), mean.detach().to("cpu", torch.float64), m2.detach().to("cpu", torch.float64))
 
     def _merge_level(self, s: int, n: float, mean: Tensor, m2: Tensor) -> None:
         na = float(self.count[s])
