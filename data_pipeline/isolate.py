@@ -54,7 +54,7 @@ class IsolationSettings:
     retry_backoff_s: float = 0.2
 
 
-def _apply_hook(path: str, hook: str) -> None:
+def _apply_hook(path: str, hook: str, memory_mb: Optional[int]) -> None:
     for part in filter(None, hook.split(",")):
         name, _, action = part.partition("=")
         if os.path.basename(path) != name:
@@ -64,7 +64,11 @@ def _apply_hook(path: str, hook: str) -> None:
         elif action == "segv":
             os.kill(os.getpid(), signal.SIGSEGV)
         elif action == "oom":
-            bytearray(1 << 40)  # 1 TiB: beyond any cap -> MemoryError
+            import numpy as np
+
+            # Just above the cap (the child already holds more than nothing), so this fails only
+            # because the cap is applied; without a cap the pages are never touched (np.empty).
+            np.empty(((memory_mb or 1024) + 64) << 20, dtype=np.uint8)
         elif action == "eio":
             raise OSError(errno.EIO, "Input/output error (test hook)", path)
 
@@ -99,7 +103,7 @@ def _child_main(conn: Any, memory_mb: Optional[int], threads: int) -> None:
             return
         path, is_image, params = req
         try:
-            _apply_hook(path, params.fault_hook)
+            _apply_hook(path, params.fault_hook, memory_mb)
             msg: tuple = ("ok", decode_clip(path, is_image, params))
         except ClipRejected as exc:
             msg = ("reject", exc.reason, exc.detail)
