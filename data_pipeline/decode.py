@@ -30,24 +30,22 @@ failure (a crash, a hang, an exception) into a reject too, so a bad file never s
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import importlib.util
 import logging
-import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from dfm_video.config.schema import Config, PreprocessConfig
 
-# One rule for training clips and evaluation clips: the resize/crop and the constant-rate frame
-# pick (`pick_by_time` generalises `sample_indices` to variable frame rates) live beside the
-# evaluation reader.
-from dfm_video.media import resize_crop
+# One rule for training clips and evaluation clips: the timestamp frame pick, the rotation, the
+# PyAV reader and the resize/crop live in dfm_video.media, which the evaluation reader uses too.
+from dfm_video.media import ClipError as ClipRejected  # a readable-but-unusable (or unreadable) file
+from dfm_video.media import check_rate, pick_by_time, read_clip_pyav, resize_crop
 
 log = logging.getLogger(__name__)
 _fallback_logged = False
@@ -77,15 +75,6 @@ class DecodeParams:
         return cls(frames, cfg.fps, tuple(cfg.resolution), cfg.decoder, cfg.decode_threads)
 
 
-class ClipRejected(Exception):
-    """The file is readable but unusable (or unreadable): becomes a reject, never a crash."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
 class TransientIOError(Exception):
     """Reading the file failed in a way that may succeed later (network filesystem hiccup): retried."""
 
@@ -99,41 +88,6 @@ class Decoded:
     source_hw: tuple[int, int] = (0, 0)  # displayed size of the source (after rotation)
 
 
-def target_times(p: DecodeParams) -> list[Fraction]:
-    return [Fraction(k) / Fraction(p.fps) for k in range(p.num_frames)]
-
-
-def check_rate(path: str, source_fps: float | None, p: DecodeParams) -> float:
-    if source_fps is None or not math.isfinite(source_fps) or source_fps <= 0:
-        raise ClipRejected("no frame rate", f"{path}: the video stream has no usable frame rate ({source_fps})")
-    if source_fps < p.fps * (1 - 1e-3):
-        raise ClipRejected("fps below target", f"{path}: stream is {source_fps:.3f} fps, below the target {p.fps} fps")
-    return float(source_fps)
-
-
-def pick_by_time(path: str, times: Sequence[Fraction], p: DecodeParams) -> list[int]:
-    """Index (presentation order) of the frame nearest to each target time k / fps, from the
-    presentation timestamps `times` (relative to the first frame; ties go to the later frame, which
-    reproduces `dfm_video.media.sample_indices` on constant-rate files). A target later than the last frame plus
-    half a frame interval is "too short": container frame counts are never consulted."""
-    if len(times) == 0:
-        raise ClipRejected("too short", f"{path}: no decodable frame")
-    half = (times[-1] - times[0]) / (2 * (len(times) - 1)) if len(times) > 1 else Fraction(0)
-    out = []
-    for t in target_times(p):
-        if t >= times[-1] + half and not (len(times) == 1 and t == 0):
-            raise ClipRejected(
-                "too short",
-                f"{path}: {p.num_frames} frames at {p.fps} fps need {float(t):.3f} s of video, the stream's frames "
-                f"span {float(times[-1]):.3f} s ({len(times)} frames decoded)",
-            )
-        j = bisect.bisect_left(times, t)
-        if j == len(times) or (j > 0 and t - times[j - 1] < times[j] - t):
-            j -= 1
-        out.append(j)
-    return out
-
-
 def check_file(path: str) -> None:
     try:
         size = os.path.getsize(path)
@@ -143,12 +97,6 @@ def check_file(path: str) -> None:
         raise TransientIOError(f"{path}: {exc}") from exc
     if size == 0:
         raise ClipRejected("empty file", f"{path}: zero-byte file")
-
-
-def rotate_frames(frames: np.ndarray, degrees: int) -> np.ndarray:
-    """Apply a display-matrix rotation (degrees counter-clockwise, as FFmpeg reports it) to (F, H, W, 3)."""
-    k = int(round(degrees / 90)) % 4
-    return np.ascontiguousarray(np.rot90(frames, k=k, axes=(1, 2))) if k else frames
 
 
 def probe_pyav(path: str) -> tuple[float | None, int]:
@@ -177,7 +125,7 @@ def read_decord(path: str, p: DecodeParams) -> tuple[np.ndarray, list[int], floa
         vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=p.threads)
     except Exception as exc:  # decord raises RuntimeError/DECORDError for anything unreadable
         raise ClipRejected("unreadable", f"{path}: decord cannot open it: {exc}") from exc
-    fps = check_rate(path, vr.get_avg_fps(), p)
+    fps = check_rate(path, vr.get_avg_fps(), p.fps)
     try:
         # start times of every frame decord indexed (from the packets, not the header's count)
         starts = vr.get_frame_timestamp(np.arange(len(vr)))[:, 0] if len(vr) else np.zeros(0)
@@ -185,7 +133,7 @@ def read_decord(path: str, p: DecodeParams) -> tuple[np.ndarray, list[int], floa
         raise ClipRejected("decode error", f"{path}: decord has no frame timestamps: {exc}") from exc
     times = [Fraction(float(t)).limit_denominator(1_000_000) for t in starts]
     times = [t - times[0] for t in times] if times else times
-    idx = pick_by_time(path, times, p)
+    idx = pick_by_time(path, times, p.num_frames, p.fps)
     try:
         frames = vr.get_batch(idx).asnumpy()
     except Exception as exc:
@@ -195,54 +143,7 @@ def read_decord(path: str, p: DecodeParams) -> tuple[np.ndarray, list[int], floa
 
 def read_pyav(path: str, p: DecodeParams) -> tuple[np.ndarray, list[int], float]:
     """Decode in presentation order up to the last target time; convert only the chosen frames."""
-    import av
-
-    try:
-        container = av.open(path)
-    except Exception as exc:
-        raise ClipRejected("unreadable", f"{path}: not a readable media file: {exc}") from exc
-    with container:
-        if not container.streams.video:
-            raise ClipRejected("no video stream", f"{path}: the file has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_count = p.threads
-        fps = check_rate(path, float(stream.average_rate) if stream.average_rate else None, p)
-        targets = target_times(p)
-        times: list[Fraction] = []
-        kept: dict[int, Any] = {}  # frames chosen so far plus the latest one (bounded memory)
-        chosen: set[int] = set()
-        rotation, k = 0, 0
-        try:
-            step = 1 / Fraction(fps).limit_denominator(1_000_000)
-            raw = None
-            for frame in container.decode(stream):
-                # raw elementary streams carry no timestamps: those frames are one average interval apart
-                raw = (
-                    Fraction(frame.pts) * frame.time_base
-                    if frame.pts is not None
-                    else (raw + step if raw is not None else Fraction(0))
-                )
-                if not times:
-                    t0, rotation = raw, int(frame.rotation or 0)
-                t = raw - t0
-                if times and t <= times[-1]:
-                    continue  # a repeated or out-of-order timestamp: not a new presentation instant
-                j = len(times)
-                times.append(t)
-                # targets between the previous frame and this one are decided now (the rule of pick_by_time)
-                while k < len(targets) and targets[k] <= t:
-                    chosen.add(j - 1 if j > 0 and targets[k] - times[j - 1] < t - targets[k] else j)
-                    k += 1
-                if j - 1 not in chosen:
-                    kept.pop(j - 1, None)
-                kept[j] = frame
-                if k == len(targets):
-                    break
-        except Exception as exc:
-            raise ClipRejected("decode error", f"{path}: PyAV failed after {len(times)} frames: {exc}") from exc
-        idx = pick_by_time(path, times, p)
-        frames = np.stack([kept[i].to_ndarray(format="rgb24") for i in idx])
-        return rotate_frames(frames, rotation), idx, fps
+    return read_clip_pyav(path, p.num_frames, p.fps, p.threads)
 
 
 def import_torchcodec() -> Any:
@@ -272,13 +173,13 @@ def read_torchcodec(path: str, p: DecodeParams, device: str) -> tuple[np.ndarray
             if not container.streams.video:
                 raise ClipRejected("no video stream", f"{path}: the file has no video stream")
             stream = container.streams.video[0]
-            fps = check_rate(path, float(stream.average_rate) if stream.average_rate else None, p)
+            fps = check_rate(path, float(stream.average_rate) if stream.average_rate else None, p.fps)
             pts = sorted({Fraction(pk.pts) * stream.time_base for pk in container.demux(stream) if pk.pts is not None})
     except ClipRejected:
         raise
     except Exception as exc:
         raise ClipRejected("unreadable", f"{path}: not a readable media file: {exc}") from exc
-    idx = pick_by_time(path, [t - pts[0] for t in pts], p)
+    idx = pick_by_time(path, [t - pts[0] for t in pts], p.num_frames, p.fps)
     try:
         dec = VideoDecoder(path, device=device, seek_mode="exact", dimension_order="NHWC")
         frames = dec.get_frames_at(indices=idx).data.cpu().numpy()

@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from data_pipeline.decode import ClipRejected, Decoded, DecodeParams, TransientIOError, decode_clip
 from dfm_video import faults
 from dfm_video.config.schema import PreprocessConfig
@@ -93,14 +95,16 @@ def outcome(path: str, exc: BaseException, memory_mb: Optional[int]) -> tuple:
     return ("reject", "decode error", f"{path}: {type(exc).__name__}: {exc}")
 
 
-def _inject_fault(path: str, injected: tuple[tuple[str, str], ...]) -> None:
+def _inject_fault(path: str, injected: tuple[tuple[str, str], ...], memory_mb: Optional[int]) -> None:
     action = dict(injected).get(os.path.basename(path))
     if action == "hang":
         time.sleep(10**6)
     elif action == "segv":
         os.kill(os.getpid(), signal.SIGSEGV)
     elif action == "oom":
-        bytearray(1 << 40)  # 1 TiB: beyond any cap -> MemoryError
+        # Just above the cap (the child already holds more than nothing), so this fails only
+        # because the cap is applied; without a cap the pages are never touched (np.empty).
+        np.empty(((memory_mb or 1024) + 64) << 20, dtype=np.uint8)
     elif action == "eio":
         raise OSError(errno.EIO, "Input/output error (injected fault)", path)
 
@@ -135,7 +139,7 @@ def _child_main(conn: Any, settings: IsolationSettings, threads: int) -> None:
             return
         path, is_image, params = req
         try:
-            _inject_fault(path, settings.faults)
+            _inject_fault(path, settings.faults, settings.memory_mb)
             msg: tuple = ("ok", decode_clip(path, is_image, params))
         except Exception as exc:
             msg = outcome(path, exc, settings.memory_mb)

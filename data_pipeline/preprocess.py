@@ -42,6 +42,7 @@ if __package__ in (None, ""):  # run as a script (e.g. by `ray submit`, as ~/pre
 from data_pipeline.decode import DecodeParams, with_available_decoder
 from data_pipeline.encode import EncodeSpec
 from data_pipeline.isolate import IsolationSettings
+from data_pipeline.library_logs import library_output_to
 from data_pipeline.resources import check_config, preflight, wait_for_resources
 from data_pipeline.sources import build_sources
 from data_pipeline.stages import EncodeWriteStage, FusedStage, StageSpec, decode_batch
@@ -175,7 +176,7 @@ def _start_ray(cfg: Config) -> bool:
         num_cpus=None if address else cfg.preprocess.num_cpus,
         include_dashboard=False,
         configure_logging=False,
-        log_to_driver=True,
+        log_to_driver=False,  # workers' output stays in Ray's session logs (data_pipeline.library_logs)
     )
     return True
 
@@ -233,24 +234,29 @@ def _process(cfg: Config, pending: list[dict], levels: list[list[int]], codec: d
     import ray
     from tqdm import tqdm
 
-    started = _start_ray(cfg)
-    try:
-        wait_for_resources(cfg.preprocess)
-        if cfg.preprocess.ray_address:
-            preflight(cfg.preprocess)
-        counts: Counter = Counter()
-        with tqdm(total=len(pending), unit="clip", desc="preprocess", disable=not cfg.preprocess.progress) as bar:
-            for batch in build_dataset(pending, cfg, levels, codec, run_id).iter_batches(
-                batch_size=None, batch_format="numpy"
-            ):
-                counts.update(str(s) for s in batch["status"])
-                counts.update(str(d) for d in batch["decoder"] if d == "pyav-fallback")
-                bar.update(len(batch["status"]))
-                bar.set_postfix(ok=counts["ok"], rejected=counts["rejected"])
-        return counts
-    finally:
-        if started:
-            ray.shutdown()
+    p = cfg.preprocess
+    logs = Path(p.output_dir) / "logs" / f"preprocess-{run_id}.log"
+    log.info("library logs (Ray): %s", logs)
+    with library_output_to(logs) as console:
+        started = _start_ray(cfg)
+        try:
+            wait_for_resources(cfg.preprocess)
+            if cfg.preprocess.ray_address:
+                preflight(cfg.preprocess)
+            counts: Counter = Counter()
+            bar = tqdm(total=len(pending), unit="clip", desc="preprocess", disable=not p.progress, file=console)
+            with bar:
+                for batch in build_dataset(pending, cfg, levels, codec, run_id).iter_batches(
+                    batch_size=None, batch_format="numpy"
+                ):
+                    counts.update(str(s) for s in batch["status"])
+                    counts.update(str(d) for d in batch["decoder"] if d == "pyav-fallback")
+                    bar.update(len(batch["status"]))
+                    bar.set_postfix(ok=counts["ok"], rejected=counts["rejected"])
+            return counts
+        finally:
+            if started:
+                ray.shutdown()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

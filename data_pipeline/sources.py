@@ -9,7 +9,7 @@ Three inputs (`preprocess.input_type`):
   name; files directly in `input_dir` are unlabelled), whatever its extension: any container
   FFmpeg reads is decoded (.mp4 .mkv .webm .avi .mov .mpg .mpeg .ogv .ts .flv .wmv .3gp .m4v ...)
   and anything else becomes a reject with its reason. Only files that are clearly not video
-  (NON_MEDIA_EXTENSIONS: text, metadata, images, archives; hidden files) are left out, and they
+  (`dfm_video.media.media_kind`: text, metadata, images, archives; hidden files) are left out, and they
   are COUNTED per extension in the summary and the manifest: nothing is skipped silently.
 - `images`: ImageNet layout `input_dir/{label}/{name}.JPEG`; each image becomes a T = 1 clip.
 
@@ -26,76 +26,13 @@ from pathlib import Path
 
 from dfm_video.config.schema import PreprocessConfig
 from dfm_video.data.store import Reject
+from dfm_video.media import media_kind
 
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
-VIDEO_EXTENSIONS = (
-    ".mp4",
-    ".avi",
-    ".mov",
-    ".mkv",
-    ".webm",
-    ".m4v",
-    ".mpg",
-    ".mpeg",
-    ".ogv",
-    ".ogg",
-    ".ts",
-    ".mts",
-    ".m2ts",
-    ".flv",
-    ".wmv",
-    ".asf",
-    ".3gp",
-    ".3g2",
-    ".vob",
-    ".mxf",
-    ".y4m",
-    ".dv",
-    ".gif",
-)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-# Extensions that are never video: counted as ignored rather than tried (and rejected) one by one.
-NON_MEDIA_EXTENSIONS = (
-    ".txt",
-    ".md",
-    ".json",
-    ".jsonl",
-    ".csv",
-    ".tsv",
-    ".yaml",
-    ".yml",
-    ".xml",
-    ".html",
-    ".pdf",
-    ".log",
-    ".srt",
-    ".vtt",
-    ".ass",
-    ".sub",
-    ".nfo",
-    ".py",
-    ".sh",
-    ".zip",
-    ".tar",
-    ".gz",
-    ".tgz",
-    ".part",
-    ".tmp",
-    ".db",
-    ".parquet",
-    ".wav",
-    ".mp3",
-    ".flac",
-    ".aac",
-    ".m4a",
-    ".opus",
-    *IMAGE_EXTENSIONS,
-    ".tif",
-    ".tiff",
-    ".heic",
-)
 
 
+# Which files are media is one rule for the whole project (dfm_video.media.media_kind), shared
+# with evaluation's --real / --fake folders.
 @dataclass(frozen=True)
 class ClipItem:
     """One clip to process; the dict form (`asdict`) is what flows through Ray Data."""
@@ -190,11 +127,9 @@ def _walk(cfg: PreprocessConfig, is_image: bool) -> tuple[list[tuple[ClipItem, i
     for p in sorted(root.rglob("*")):
         if not p.is_file():
             continue
-        ext = p.suffix.lower() or "(none)"
-        hidden = any(part.startswith(".") for part in p.relative_to(root).parts)
-        media = p.suffix.lower() in IMAGE_EXTENSIONS if is_image else p.suffix.lower() not in NON_MEDIA_EXTENSIONS
-        if hidden or not media:
-            key = "(hidden)" if hidden else ext
+        kind, why = media_kind(p, root)
+        if kind != ("image" if is_image else "video"):
+            key = "(hidden)" if why == "hidden file" else p.suffix.lower() or "(none)"
             ignored[key] = ignored.get(key, 0) + 1
             continue
         paths.append(p)

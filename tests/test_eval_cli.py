@@ -73,7 +73,7 @@ def test_end_to_end_report(dirs: dict[str, Path], tmp_path: Path, capsys: pytest
     for m in ("fvd", "fid", "fdd"):
         assert len(s[m]["weights_sha256"]) == 64 and Path(s[m]["weights"]).is_file()
         assert "resize" in s[m]
-    assert s["fvd"]["weights"].endswith("i3d-kinetics-400.ckpt") and s["fid"]["weights"].endswith("default_1.pt")
+    assert s["fvd"]["weights"].endswith("i3d-kinetics-400.safetensors") and s["fid"]["weights"].endswith("default_1.pt")
     for line in ("fvd", "fid", "fdd", "2 real / 2 fake videos"):
         assert line in stdout
 

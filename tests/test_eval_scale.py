@@ -139,10 +139,10 @@ def test_real_clips_are_cut_like_training_clips(tmp_path: Path) -> None:
     assert idx == [0, 3, 6, 9]
     assert np.array_equal(clip, resize_crop(every[idx], (32, 32))) and clip.shape == (4, 32, 32, 3)
     with pytest.raises(
-        ValueError, match=r"v.mp4: has 12 frames but 5 are needed per clip at 4.0 fps .source frames 0..25."
+        ValueError, match=r"v.mp4: has 12 frames but 5 are needed per clip at 4.0 fps .1.000 s of video."
     ):
         read_video(path, 5, fps=4.0)
-    with pytest.raises(ValueError, match="below the requested 50.0 fps"):
+    with pytest.raises(ValueError, match="below the target 50.0 fps .--fps."):
         read_video(path, 2, fps=50.0)
     # the same rule as the preprocessing that made the training clips
     decode = pytest.importorskip("data_pipeline.decode")

