@@ -129,16 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if time.perf_counter() - t_start + est > budget:
                     skipped.append(f"{b}@Dh{dh}/N{n}")
                     continue
-                q, k, v = (
-                    torch.randn(1, HEADS, n, dh, device=device, dtype=dtype, requires_grad=True) for _ in range(3)
-                )
+                qkv = [torch.randn(1, HEADS, n, dh, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
                 t0 = time.perf_counter()
-                ms = bench(lambda: attention(q, k, v, b).sum().backward(), device, reps, warmup=2)
-                est = max(est, time.perf_counter() - t0)
+                ms = bench(lambda x=qkv, b=b: attention(*x, b).sum().backward(), device, reps, warmup=2)
+                est = time.perf_counter() - t0  # the last row (the first of a JIT backend includes its compile)
                 tf = attention_tflop(1, HEADS, n, dh) / (ms / 1e3)
                 rows.append((b, dh, n, ms, tf))
                 measured.setdefault((dh, n), {})[b] = tf
-                del q, k, v
     title = f"attention fwd+bwd, (1, {HEADS}, N, Dh) {str(dtype).removeprefix('torch.')}, median of {reps}"
     print_table(title, ["backend", "Dh", "tokens", "ms", "TFLOP/s"], rows)
     if skipped:
