@@ -15,6 +15,12 @@
 # encoder actor on the GPU, shards; needs the av, diffusers and pyarrow wheels; ~5-6 min, cap 420 s:
 # it plans its rows inside its share and lists what it skipped; give it its own call with
 # GPU_CHECK_BUDGET_S when the sections before it use the budget).
+# bench_attention (every model.attention backend vs float64, the kernel SDPA's own pick runs at
+# (1, 16, 13312, 72), fwd+bwd TFLOP/s at head dims 72/64/80/128 and 13k/32k tokens; cap 90 s, rows
+# past its share listed as skipped) and sampling_time (DiT3D-XL batch 1 with guidance 4: old levers
+# vs attention auto + compiled blocks + CUDA graphs, DFM vs FM; cap 120 s) run after bench_step.
+# To fill the `auto` table: python -m benchmarks.bench_attention --write-table (then commit
+# dfm_video/models/attention_measured.json).
 # Time: the whole script stays under $GPU_CHECK_BUDGET_S (450 s): the tests get at most 150 s,
 # each section at most its cap (bench_step 200 s, others $SECTION_TIMEOUT = 300 s) and never more
 # than what is left; a section is told its share in $GPU_CHECK_SECTION_BUDGET_S (bench_step skips
@@ -28,11 +34,15 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 SECTIONS=(
   benchmarks.bench_step
+  benchmarks.bench_attention
+  benchmarks.sampling_time
   benchmarks.bench_kernels
   benchmarks.bench_deepspeed
   benchmarks.preprocess_gpu_node
 )
-declare -A CAP=([benchmarks.bench_step]=200 [benchmarks.bench_deepspeed]=150 [benchmarks.preprocess_gpu_node]=420)  # seconds; the rest get ${SECTION_TIMEOUT:-300}
+declare -A CAP=([benchmarks.bench_step]=200 [benchmarks.bench_deepspeed]=150 [benchmarks.preprocess_gpu_node]=420 [benchmarks.bench_attention]=90 [benchmarks.sampling_time]=120)  # seconds; the rest get ${SECTION_TIMEOUT:-300}
+# Extra arguments per section (after the script's own, e.g. --quick).
+declare -A ARGS=([benchmarks.sampling_time]="--repeats 1 --cfg-scale 4.0 --levers old,new")
 TOTAL="${GPU_CHECK_BUDGET_S:-450}"
 status=0
 start=$SECONDS
@@ -45,8 +55,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 #    The image may lack pytest; bench_kernels re-checks correctness at benchmark shapes anyway.
 #    --noconftest: other tests' conftest files may import packages the image lacks.
 if "$PY" -c "import pytest" 2>/dev/null; then
-  echo "=== tests/test_kernels.py tests/test_model_kernels.py ==="
-  timeout 150 "$PY" -m pytest tests/test_kernels.py tests/test_model_kernels.py -q --noconftest \
+  echo "=== tests: kernels, model kernels, attention backends, CUDA-graph sampling ==="
+  timeout 150 "$PY" -m pytest tests/test_kernels.py tests/test_model_kernels.py tests/test_attention.py \
+    "tests/test_compiled_blocks.py::test_cuda_graph_sampling_equals_eager" -q --noconftest \
     -p no:cacheprovider || status=1
 else
   echo "=== pytest not installed: skipping tests/test_kernels.py tests/test_model_kernels.py ==="
@@ -63,7 +74,7 @@ for section in "${SECTIONS[@]}"; do
   limit=$((left < cap ? left : cap))
   echo "=== $section (${elapsed} s elapsed, limit ${limit} s) ==="
   # A section may start work until 20 s before its limit (bench_step: rows that fit).
-  GPU_CHECK_SECTION_BUDGET_S=$((limit - 20)) timeout "$limit" "$PY" -m "$section" "$@" \
+  GPU_CHECK_SECTION_BUDGET_S=$((limit - 20)) timeout "$limit" "$PY" -m "$section" "$@" ${ARGS[$section]:-} \
     || { echo "!!! $section failed"; status=1; }
 done
 echo "=== gpu_check done in $((SECONDS - start)) s, status $status ==="

@@ -307,7 +307,7 @@ def test_compiled_model_matches_eager_on_cpu() -> None:
 def test_unavailable_attention_backend_raises_on_forward() -> None:
     model = build_model(tiny_cfg(attention="flash"), SPATIAL)
     levels, t, active, y = make_inputs(SPATIAL, (1, 8, 8))
-    with pytest.raises(RuntimeError, match="flash-attn"):
+    with pytest.raises(ValueError, match="flash-attn"):
         model(levels, t, active, y)
 
 

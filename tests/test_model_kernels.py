@@ -54,7 +54,8 @@ SPATIO_TEMPORAL = DFMConfig(num_stages=2, factors=[(2, 2, 2)], stage_probs=[0.5,
 
 
 def tiny_cfg(**kw) -> ModelConfig:
-    base = dict(depth=2, hidden_size=48, num_heads=4, in_channels=C, num_classes=10, attention="sdpa")
+    # eager blocks unless a test asks (model.compile=auto would compile on CUDA and pick the references)
+    base = dict(depth=2, hidden_size=48, num_heads=4, in_channels=C, num_classes=10, attention="sdpa", compile=False)
     base.update(kw)
     return ModelConfig(**base)
 

@@ -9,7 +9,7 @@ written twice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 
 @dataclass
@@ -40,14 +40,28 @@ class ModelConfig:
     """Add a learned embedding of the current stage index to the conditioning (paper: yes)."""
     rope_theta: float = 10000.0
     """Base of the 3D axial rotary position embedding."""
-    attention: Literal["auto", "sdpa", "flash", "xformers"] = "auto"
-    """Attention backend; `auto` picks the fastest one available on the device."""
+    attention: Literal[
+        "auto",
+        "sdpa",
+        "sdpa_cudnn",
+        "sdpa_flash",
+        "sdpa_efficient",
+        "sdpa_math",
+        "flash4",
+        "flash2",
+        "flash",
+        "xformers",
+    ] = "auto"
+    """Attention backend (dfm_video/models/attention.py): `sdpa` is PyTorch's own pick, `sdpa_*` one SDPA
+    kernel, `flash4` FlashAttention-4, `flash2` flash-attn 2, `flash` the first of those that runs, `xformers`.
+    `auto`: the fastest measured on this GPU at this head dim (models/attention_measured.json), else `sdpa`."""
     kernels: Literal["auto", "triton", "torch"] = "auto"
     """Fused ops: Triton on CUDA when importable (`auto`), or the pure-torch references."""
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass to save activation memory."""
-    compile: bool = False
-    """Wrap the blocks with torch.compile."""
+    compile: Union[bool, Literal["auto"]] = "auto"
+    """torch.compile each DiT block in place (regional: one graph shared by all blocks, in training and
+    sampling). `auto`: on CUDA, unless the attention core was replaced from outside (sequence parallelism)."""
 
 
 @dataclass
@@ -215,6 +229,9 @@ class SampleConfig:
     """Videos to generate."""
     seed: int = 0
     """Seed of the initial noise."""
+    cuda_graphs: bool = False
+    """Replay the network call as a CUDA graph (one capture per input shape; shapes are static while
+    sampling). CUDA only; pays off at small batches where kernel launches dominate."""
 
 
 @dataclass

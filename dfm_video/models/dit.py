@@ -158,10 +158,32 @@ class DiT3D(nn.Module):
         self.final_layers = nn.ModuleList(FinalLayer(D, v) for v in vols)
         self._backends: dict[str, str] = {}
         self._kernel_backends: dict[str, str] = {}
+        self._compile_decided: dict[str, bool] = {}
         self.initialize_weights()
-        if model_cfg.compile:
-            for block in self.blocks:
-                block.compile()  # in place: state_dict keys stay free of `_orig_mod.`
+        if model_cfg.compile is True:
+            self.compile_blocks()
+
+    def compile_blocks(self) -> None:
+        """Regional compilation: each block compiled in place (state_dict keys stay free of
+        `_orig_mod.`). The blocks share one code object, so Dynamo compiles one graph per input
+        signature and every block reuses it: training and sampling, every DFM stage (same token
+        grid), no recompilation per block."""
+        for block in self.blocks:
+            if block._compiled_call_impl is None:
+                block.compile()
+
+    def compiles_on(self, device: torch.device) -> bool:
+        """Whether the blocks run compiled on `device` (`model.compile`: true, false or auto)."""
+        key = str(device)
+        if key not in self._compile_decided:
+            flag = self.model_cfg.compile
+            if flag == "auto":
+                swapped = any(b.attn.core_attention is not attention for b in self.blocks)
+                flag = torch.device(device).type == "cuda" and not swapped
+                why = "attention core replaced from outside" if swapped else f"device {torch.device(device).type}"
+                log.info("model.compile=auto on %s: %s (%s)", device, "compiled blocks" if flag else "eager", why)
+            self._compile_decided[key] = bool(flag)
+        return self._compile_decided[key]
 
     @torch.no_grad()
     def initialize_weights(self) -> None:
@@ -191,7 +213,7 @@ class DiT3D(nn.Module):
         """The resolved `model_cfg.attention` backend on `device` (resolved once per device)."""
         key = str(device)
         if key not in self._backends:
-            self._backends[key] = resolve_attention_backend(self.model_cfg.attention, device)
+            self._backends[key] = resolve_attention_backend(self.model_cfg.attention, device, self.head_dim)
         return self._backends[key]
 
     def kernels_backend(self, device: torch.device) -> str:
@@ -205,7 +227,7 @@ class DiT3D(nn.Module):
         key = str(device)
         if key not in self._kernel_backends:
             name = self.model_cfg.kernels
-            if name == "auto" and self.model_cfg.compile:
+            if name == "auto" and self.compiles_on(device):
                 resolved = "torch"
             else:
                 try:
@@ -272,6 +294,8 @@ class DiT3D(nn.Module):
 
         cos, sin = rope_tables(grid, self.head_dim, self.model_cfg.rope_theta, x.device)
         backend = self.attention_backend(x.device)
+        if self.compiles_on(x.device):
+            self.compile_blocks()
         kbackend = self.kernels_backend(x.device)
         ckpt = self.model_cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:

@@ -33,7 +33,7 @@ def check_sequence_parallel(cfg: Config, world_size: int, latent_shape: Sequence
         )
     if world_size % n:
         raise ValueError(f"{key}={n} must divide the world size {world_size} (ranks form groups of {n})")
-    if cfg.model.compile:
+    if cfg.model.compile is True:
         raise ValueError(
             f"{key}={n} with model.compile=true is not supported (the "
             "all-to-all is not traced); set model.compile=false"

@@ -10,7 +10,7 @@ latents into video with the autoencoder the data was encoded with. Same seed, sa
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -23,6 +23,7 @@ from dfm_video.dfm import LevelStats, destandardize, euler_sample, level_shapes,
 from dfm_video.media import to_uint8, write_mp4, write_png
 from dfm_video.models import DiT3D, build_model
 from dfm_video.sampling.codec import codec_for, resolve_codec, weights_digest
+from dfm_video.sampling.cuda_graph import GraphedForward
 from dfm_video.sampling.plan import sample_noise
 from dfm_video.weights import check_state_dict
 
@@ -37,6 +38,8 @@ class Generator:
     source: Path
     weights_sha256: str = ""
     """Digest of the loaded weights (names, dtypes, shapes, bytes): the same for an export and its checkpoint."""
+    graphed: Optional[GraphedForward] = field(default=None, repr=False, compare=False)
+    """The model's CUDA-graph replays (`sample.cuda_graphs`), kept across `generate` calls."""
 
     @property
     def labels(self) -> list[str]:
@@ -105,11 +108,14 @@ def generate(
     previews: bool = False,
     progress: bool = False,
     indices: Optional[Sequence[int]] = None,
+    cuda_graphs: Optional[bool] = None,
 ) -> tuple[Tensor, dict[int, Tensor]]:
     """Sample latents (B, C, T, H, W) (destandardised, recomposed) and, if asked, per-stage previews.
 
     With `indices`, row b's noise comes from (seed, indices[b]) alone, so a sample does not depend
-    on which batch or rank made it; without, one generator seeded with `seed` draws the batch."""
+    on which batch or rank made it; without, one generator seeded with `seed` draws the batch.
+    `cuda_graphs` (default `sample.cuda_graphs` of the generator's config) replays each network call
+    as a CUDA graph (dfm_video/sampling/cuda_graph.py); compiled blocks follow `model.compile`."""
     model, cfg, meta = gen.model, gen.cfg, gen.meta
     S = cfg.dfm.num_stages
     if len(steps) != S:
@@ -136,8 +142,14 @@ def generate(
                 lv = destandardize(lv, LevelStats(stats.mean[: k + 1], stats.std[: k + 1]))
             preview_latents[k] = recompose(lv, factors[:k], cfg.dfm.temporal_mode)
 
+    forward = model
+    if cfg.sample.cuda_graphs if cuda_graphs is None else cuda_graphs:
+        if gen.graphed is None:
+            gen.graphed = GraphedForward(model, device)
+        forward = gen.graphed
+
     def velocity(x: list[Tensor], t: Tensor, active: Tensor, labels: Tensor) -> list[Tensor]:
-        return [v.float() for v in model([v.to(dtype) for v in x], t, active, labels)]
+        return [v.float() for v in forward([v.to(dtype) for v in x], t, active, labels)]
 
     levels = euler_sample(
         velocity,
