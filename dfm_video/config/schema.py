@@ -9,7 +9,7 @@ written twice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 
 @dataclass
@@ -44,10 +44,21 @@ class ModelConfig:
     """Attention backend; `auto` picks the fastest one available on the device."""
     kernels: Literal["auto", "triton", "torch"] = "auto"
     """Fused ops: Triton on CUDA when importable (`auto`), or the pure-torch references."""
-    activation_checkpointing: bool = False
-    """Recompute each block in the backward pass to save activation memory."""
+    activation_checkpointing: Union[bool, Literal["none", "selective", "full", "auto"]] = "none"
+    """Activation memory policy of the blocks in training. `none`: keep every activation. `selective`:
+    keep the matmul and attention outputs, recompute the elementwise ops (norms, modulation, RoPE,
+    GELU) in the backward pass. `full`: keep only each block's input and recompute the whole block.
+    `auto`: the trainer's memory planner (`dfm_video.models.memory`) picks the cheapest of the three
+    that fits the GPU's memory at this token count, micro batch, ZeRO stage and sequence-parallel
+    degree, and refuses a layout that fits with none. `true` means `full`, `false` means `none`."""
     compile: bool = False
     """Wrap the blocks with torch.compile."""
+
+    def __post_init__(self) -> None:
+        if self.activation_checkpointing is True:
+            self.activation_checkpointing = "full"
+        elif self.activation_checkpointing is False:
+            self.activation_checkpointing = "none"
 
 
 @dataclass
@@ -131,6 +142,10 @@ class OptimConfig:
     """Final lr / peak lr of the cosine schedule."""
     grad_clip: float = 1.0
     """Global gradient-norm clipping threshold (0 disables)."""
+    fused: Union[bool, Literal["auto"]] = "auto"
+    """AdamW implementation: `true` is torch's fused kernel (one launch for all parameters, CUDA and
+    CPU), `false` the multi-tensor loop (torch's foreach); `auto` fuses on CUDA, where the step is on
+    the critical path, and keeps the loop on CPU."""
 
 
 @dataclass
