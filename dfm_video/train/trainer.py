@@ -59,7 +59,7 @@ def build_optimizer(cfg: Config, groups: list[dict], device: torch.device) -> to
     )
 
 
-def build_state(cfg: Config, sp: int, dp_size: int, ckpt: CheckpointManager, device: torch.device) -> TrainState:
+def build_state(cfg: Config, ds_config: dict, device: torch.device) -> TrainState:
     """Model (identical initial weights on every rank), sequence-parallel hooks, AdamW with decay /
     no-decay groups, the LR schedule, the DeepSpeed engine and the EMA."""
     torch.manual_seed(cfg.train.seed)
@@ -67,7 +67,6 @@ def build_state(cfg: Config, sp: int, dp_size: int, ckpt: CheckpointManager, dev
     groups = setup_parallel(cfg, model)  # N > 1: hooks the model to process 1/N of the tokens
     optimizer = build_optimizer(cfg, param_groups(model, cfg.optim.weight_decay), device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg.optim, cfg.train.steps))
-    ds_config = ckpt.deepspeed_config(sequence_parallel_ds_config(build_deepspeed_config(cfg, dp_size), sp))
     engine, scheduler = create_engine(model, optimizer, scheduler, ds_config, mpu=groups.mpu)
     return TrainState(engine, EMA(engine.module, cfg.train.ema_decay), optimizer, scheduler)
 
@@ -105,7 +104,8 @@ def train(
     rank, world, device = info.rank, info.world_size, info.device
     dp_rank, dp_size = data_parallel_layout(rank, world, sp)
     ckpt.open_run_dir(rank, world)
-    state = build_state(with_policy(cfg, memory.policy), sp, dp_size, ckpt, device)
+    ds_config = ckpt.deepspeed_config(sequence_parallel_ds_config(build_deepspeed_config(cfg, dp_size), sp))
+    state = build_state(with_policy(cfg, memory.policy), ds_config, device)
     step, consumed = ckpt.restore(state)
 
     batches = data.batches(rank=dp_rank, world_size=dp_size, start=consumed, device=device)
