@@ -11,6 +11,7 @@ from torch import nn
 from dfm_video.config import load_config
 from dfm_video.config.schema import ModelConfig
 from dfm_video.models.memory import Layout, estimate_peak, plan_memory
+from dfm_video.train.config_changes import compare_configs
 from dfm_video.train.ema import EMA
 from dfm_video.train.memory_setup import plan_checkpointing, training_layout
 from dfm_video.train.metrics import SectionTimer
@@ -149,3 +150,13 @@ def test_section_timer_reports_the_mean_and_resets() -> None:
     assert ms > 0 and timer.mean_ms() == 0.0
     with pytest.raises(RuntimeError, match="without start"):
         timer.stop()
+
+
+def test_resume_accepts_a_new_memory_policy_or_optimizer_kernel() -> None:
+    # a run saved with `activation_checkpointing: true` and no optim.fused resumes under auto / fused
+    old = {"model": {"activation_checkpointing": True, "depth": 2}, "optim": {"lr": 1e-4}}
+    new = {"model": {"activation_checkpointing": "auto", "depth": 2}, "optim": {"lr": 1e-4, "fused": "auto"}}
+    lines = compare_configs(old, new)
+    assert len(lines) == 2 and all("(harmless)" in line for line in lines)
+    with pytest.raises(ValueError, match="model.depth"):  # the rest of the model section still guards
+        compare_configs(old, {**new, "model": {"activation_checkpointing": "auto", "depth": 3}})

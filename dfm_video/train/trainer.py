@@ -54,8 +54,7 @@ def build_optimizer(cfg: Config, groups: list[dict], device: torch.device) -> to
         betas=cfg.optim.betas,
         eps=cfg.optim.eps,
         weight_decay=cfg.optim.weight_decay,
-        fused=fused,
-        foreach=None if fused else True,
+        fused=fused,  # not fused: torch's default implementation for the device (foreach on CUDA)
     )
 
 
