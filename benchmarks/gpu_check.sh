@@ -63,6 +63,21 @@ else
   echo "=== pytest not installed: skipping tests/test_kernels.py tests/test_model_kernels.py ==="
 fi
 
+# 1b. The shipped k700 training step as `deepspeed dfm_video/train.py` runs it (benchmarks/bench_train_step.py:
+#     real shard writer, memory planner, fused AdamW, EMA; old vs new settings, then ZeRO-1 and ZeRO-3;
+#     per-category profile). Needs the deepspeed wheel. ~35 s per row, 4 rows + profile: cap 200 s; rows
+#     that would pass the cap are skipped and say so.
+TRAIN_CAP=200
+left=$((TOTAL - (SECONDS - start)))
+if ((left < 60)); then
+  echo "!!! benchmarks.bench_train_step skipped: $((SECONDS - start)) s of the ${TOTAL} s budget used"; status=1
+else
+  limit=$((left < TRAIN_CAP ? left : TRAIN_CAP))
+  echo "=== benchmarks.bench_train_step ($((SECONDS - start)) s elapsed, limit ${limit} s) ==="
+  GPU_CHECK_SECTION_BUDGET_S=$((limit - 20)) timeout "$limit" "$PY" -m benchmarks.bench_train_step --zero-stages 1,3 "$@" \
+    || { echo "!!! benchmarks.bench_train_step failed"; status=1; }
+fi
+
 # 2. Sections, in order; each prints its own tables.
 for section in "${SECTIONS[@]}"; do
   elapsed=$((SECONDS - start))

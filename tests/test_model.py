@@ -6,10 +6,12 @@ import dataclasses
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dfm_video.config.schema import DFMConfig, ModelConfig
 from dfm_video.dfm import decompose
 from dfm_video.models import DiT3D, build_model, stage_patch_sizes
+from dfm_video.models.checkpointing import SAVE_OPS
 from dfm_video.models.patch import patchify, unpatchify
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
@@ -345,3 +347,56 @@ def test_qk_norm_is_optional() -> None:
     levels, t, active, y = make_inputs(SPATIAL, (5, 8, 8))
     a, b = normed(levels, t, active, y), plain(levels, t, active, y)
     assert a[1].shape == b[1].shape and not torch.allclose(a[1], b[1])
+
+
+class _CountMatmuls(TorchDispatchMode):
+    """Counts the matmul and attention kernels that run (forward, backward and any recomputation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func in SAVE_OPS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _checkpoint_run(policy: str, state: dict) -> tuple[dict, int]:
+    model = build_model(tiny_cfg(activation_checkpointing=policy), SPATIAL)
+    model.load_state_dict(state)
+    levels, t, active, y = make_inputs(SPATIAL, (5, 8, 8))
+    out = model(levels, t, active, y)
+    loss = sum(o.pow(2).sum() for o in out)
+    with _CountMatmuls() as counter:  # the backward pass only (recomputation happens there)
+        loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}, counter.count
+
+
+def test_activation_checkpointing_policies_give_equal_gradients() -> None:
+    # On CPU every op is deterministic, so recomputing a block (full) or only its elementwise ops
+    # (selective) reproduces the saved values bit for bit: the gradients must be identical, not close.
+    torch.manual_seed(0)
+    plain = build_model(tiny_cfg(), SPATIAL)
+    randomize(plain)
+    state = plain.state_dict()
+    ref, mm_none = _checkpoint_run("none", state)
+    _, mm_full = _checkpoint_run("full", state)
+    sel, mm_sel = _checkpoint_run("selective", state)
+    full, _ = _checkpoint_run(True, state)  # `true` in an old config means full
+    for n in ref:
+        assert torch.equal(ref[n], sel[n]), n
+        assert torch.equal(ref[n], full[n]), n
+    # full reruns every matmul and attention kernel of the forward; selective reruns none of them
+    assert mm_full > mm_none
+    assert mm_sel == mm_none
+
+
+def test_activation_checkpointing_auto_must_be_resolved_before_the_model() -> None:
+    model = build_model(tiny_cfg(activation_checkpointing="auto"), SPATIAL)
+    levels, t, active, y = make_inputs(SPATIAL, (5, 8, 8))
+    with pytest.raises(ValueError, match="auto.*memory planner"):
+        model(levels, t, active, y)
+    model.eval()
+    with torch.no_grad():  # inference (the sampler) never checkpoints, whatever the config says
+        model(levels, t, active, y)

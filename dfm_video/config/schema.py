@@ -57,11 +57,22 @@ class ModelConfig:
     `auto`: the fastest measured on this GPU at this head dim (models/attention_measured.json), else `sdpa`."""
     kernels: Literal["auto", "triton", "torch"] = "auto"
     """Fused ops: Triton on CUDA when importable (`auto`), or the pure-torch references."""
-    activation_checkpointing: bool = False
-    """Recompute each block in the backward pass to save activation memory."""
+    activation_checkpointing: Union[bool, Literal["none", "selective", "full", "auto"]] = "none"
+    """Activation memory policy of the blocks in training. `none`: keep every activation. `selective`:
+    keep the matmul and attention outputs, recompute the elementwise ops (norms, modulation, RoPE,
+    GELU) in the backward pass. `full`: keep only each block's input and recompute the whole block.
+    `auto`: the trainer's memory planner (`dfm_video.models.memory`) picks the cheapest of the three
+    that fits the GPU's memory at this token count, micro batch, ZeRO stage and sequence-parallel
+    degree, and refuses a layout that fits with none. `true` means `full`, `false` means `none`."""
     compile: Union[bool, Literal["auto"]] = "auto"
     """torch.compile each DiT block in place (regional: one graph shared by all blocks, in training and
     sampling). `auto`: on CUDA, unless the attention core was replaced from outside (sequence parallelism)."""
+
+    def __post_init__(self) -> None:
+        if self.activation_checkpointing is True:
+            self.activation_checkpointing = "full"
+        elif self.activation_checkpointing is False:
+            self.activation_checkpointing = "none"
 
 
 @dataclass
@@ -145,6 +156,10 @@ class OptimConfig:
     """Final lr / peak lr of the cosine schedule."""
     grad_clip: float = 1.0
     """Global gradient-norm clipping threshold (0 disables)."""
+    fused: Union[bool, Literal["auto"]] = "auto"
+    """AdamW implementation: `true` is torch's fused kernel (one launch for all parameters, CUDA and
+    CPU), `false` the multi-tensor loop (torch's foreach); `auto` fuses on CUDA, where the step is on
+    the critical path, and keeps the loop on CPU."""
 
 
 @dataclass

@@ -18,11 +18,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 import kernels
 from dfm_video.config.schema import DFMConfig, ModelConfig
 from dfm_video.models.attention import attention, resolve_attention_backend
+from dfm_video.models.checkpointing import run_block
 from dfm_video.models.ops import (
     apply_rope,
     gated_residual,
@@ -297,12 +297,9 @@ class DiT3D(nn.Module):
         if self.compiles_on(x.device):
             self.compile_blocks()
         kbackend = self.kernels_backend(x.device)
-        ckpt = self.model_cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
+        policy = self.model_cfg.activation_checkpointing if self.training and torch.is_grad_enabled() else "none"
         for block in self.blocks:
-            if ckpt:
-                x = checkpoint(block, x, c, cos, sin, backend, kbackend, use_reentrant=False)
-            else:
-                x = block(x, c, cos, sin, backend, kbackend)
+            x = run_block(block, policy, x, c, cos, sin, backend, kbackend)
 
         return [
             unpatchify(head(x, c, kbackend), grid, patch, self.in_channels, self.temporal_mode, lvl.shape[2])

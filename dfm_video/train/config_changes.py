@@ -94,7 +94,18 @@ def with_fingerprint(cfg_dict: dict, fingerprint: str) -> dict:
     return out
 
 
+# Keys under a corrupting section that change how the same math runs, not the math: checked first.
+# Activation checkpointing gives bit-identical gradients (tests/test_model.py); fused AdamW differs
+# from the loop by float rounding only.
+SAME_MATH = (
+    "model.activation_checkpointing",
+    "optim.fused",
+)
+
+
 def classify(key: str) -> str:
+    if _matches(key, SAME_MATH):
+        return "harmless"
     if _matches(key, CORRUPTING):
         return "corrupting"
     if _matches(key, HARMLESS):

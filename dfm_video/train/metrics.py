@@ -15,12 +15,61 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 
+class SectionTimer:
+    """Milliseconds spent in one section of the step (e.g. the optimizer step, the EMA update).
+
+    On CUDA it records events around the section and reads them only in `mean_ms` (on log steps),
+    so timing adds no host sync to the step; on CPU it reads the wall clock.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.pairs: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self.host_s = 0.0
+        self.count = 0
+        self._start: object = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._start is None:
+            raise RuntimeError("SectionTimer.stop() without start()")
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.pairs.append((self._start, end))
+        else:
+            self.host_s += time.perf_counter() - self._start
+        self.count += 1
+        self._start = None
+
+    def mean_ms(self) -> float:
+        """Mean milliseconds per section since the last call (0 when it did not run), then reset."""
+        if self.cuda:
+            if self.pairs:
+                self.pairs[-1][1].synchronize()
+            total = sum(a.elapsed_time(b) for a, b in self.pairs)
+        else:
+            total = 1000.0 * self.host_s
+        mean = total / self.count if self.count else 0.0
+        self.pairs, self.host_s, self.count = [], 0.0, 0
+        return mean
+
+
 class MetricAccumulator:
     """Sums per-step device tensors between log steps; `reduce()` is the only host sync."""
 
     def __init__(self, num_stages: int, device: torch.device) -> None:
         self.num_stages = num_stages
         self.device = device
+        # rank 0's time in the optimizer step (DeepSpeed's boundary step: clipping, AdamW, ZeRO's
+        # gather of the updated weights) and in the EMA update, per optimizer step
+        self.timers = {"optimizer": SectionTimer(device), "ema": SectionTimer(device)}
         self.reset()
 
     def reset(self) -> None:
@@ -72,6 +121,8 @@ class MetricAccumulator:
             out[f"train/stage{s + 1}_fraction"] = count / max(samples, 1)
         out["perf/samples_per_s"] = samples / elapsed
         out["time/data_wait(%)"] = 100.0 * wait / (world * elapsed)
+        for name, timer in self.timers.items():
+            out[f"time/{name}_ms"] = timer.mean_ms()
         return out
 
 
@@ -104,6 +155,8 @@ class MetricWriter:
             "perf/samples_per_s",
             "perf/tokens_per_s",
             "time/data_wait(%)",
+            "time/optimizer_ms",
+            "time/ema_ms",
             "perf/mfu(%)",
             "mem/peak_gib",
         ]

@@ -98,7 +98,12 @@ class TrainStep:
             finite = all_finite(loss)
             loss_bad |= not finite
             engine.backward(loss)  # a NaN loss gives NaN gradients: DeepSpeed then skips the whole step
+            boundary = engine.is_gradient_accumulation_boundary()
+            if boundary:
+                self.metrics.timers["optimizer"].start()
             engine.step()
+            if boundary:
+                self.metrics.timers["optimizer"].stop()
             if finite:  # samples counted once per sequence-parallel group
                 self.metrics.add(loss, out.per_stage, out.active_count, self.micro / self.sp, wait)
         return consumed, loss_bad

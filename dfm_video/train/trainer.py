@@ -29,6 +29,7 @@ from dfm_video.train.ema import EMA
 from dfm_video.train.engine import TrainState, create_engine, init_distributed
 from dfm_video.train.export import export_weights
 from dfm_video.train.lr_schedule import lr_multiplier
+from dfm_video.train.memory_setup import plan_checkpointing, with_policy
 from dfm_video.train.monitor import RunMonitor, check_monitoring
 from dfm_video.train.nonfinite import NonFiniteLossError, NonFiniteSteps
 from dfm_video.train.param_groups import param_groups
@@ -38,21 +39,33 @@ __all__ = ["NonFiniteLossError", "train"]
 log = logging.getLogger(__name__)
 
 
-def build_state(cfg: Config, sp: int, dp_size: int, ckpt: CheckpointManager) -> TrainState:
+def use_fused_adamw(setting: bool | str, device: torch.device) -> bool:
+    """optim.fused: true / false, or `auto` = fused on CUDA (one kernel launch for every parameter)."""
+    return setting is True or (setting == "auto" and device.type == "cuda")
+
+
+def build_optimizer(cfg: Config, groups: list[dict], device: torch.device) -> torch.optim.AdamW:
+    """torch AdamW over the decay / no-decay groups, fused or per-tensor (`optim.fused`); `device` is
+    where the step runs (DeepSpeed moves the parameters there after this)."""
+    fused = use_fused_adamw(cfg.optim.fused, device)
+    return torch.optim.AdamW(
+        groups,
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay,
+        fused=fused,  # not fused: torch's default implementation for the device (foreach on CUDA)
+    )
+
+
+def build_state(cfg: Config, ds_config: dict, device: torch.device) -> TrainState:
     """Model (identical initial weights on every rank), sequence-parallel hooks, AdamW with decay /
     no-decay groups, the LR schedule, the DeepSpeed engine and the EMA."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, cfg.dfm)
     groups = setup_parallel(cfg, model)  # N > 1: hooks the model to process 1/N of the tokens
-    optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.optim.weight_decay),
-        lr=cfg.optim.lr,
-        betas=cfg.optim.betas,
-        eps=cfg.optim.eps,
-        weight_decay=cfg.optim.weight_decay,
-    )
+    optimizer = build_optimizer(cfg, param_groups(model, cfg.optim.weight_decay), device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg.optim, cfg.train.steps))
-    ds_config = ckpt.deepspeed_config(sequence_parallel_ds_config(build_deepspeed_config(cfg, dp_size), sp))
     engine, scheduler = create_engine(model, optimizer, scheduler, ds_config, mpu=groups.mpu)
     return TrainState(engine, EMA(engine.module, cfg.train.ema_decay), optimizer, scheduler)
 
@@ -70,6 +83,9 @@ def train(
     for shape in latent_shapes(data):  # sequence parallel N vs heads, world, tokens of every dataset
         sp = validate_parallel(cfg, shape)
     check_monitoring(cfg, config_source)
+    memory = plan_checkpointing(cfg, latent_shapes(data), int(os.environ.get("WORLD_SIZE", "1")))
+    if int(os.environ.get("RANK", "0")) == 0:
+        log.info("memory plan: %s", memory.describe())
     out_dir = Path(cfg.train.output_dir)
     ckpt = CheckpointManager(
         out_dir,
@@ -87,7 +103,8 @@ def train(
     rank, world, device = info.rank, info.world_size, info.device
     dp_rank, dp_size = data_parallel_layout(rank, world, sp)
     ckpt.open_run_dir(rank, world)
-    state = build_state(cfg, sp, dp_size, ckpt)
+    ds_config = ckpt.deepspeed_config(sequence_parallel_ds_config(build_deepspeed_config(cfg, dp_size), sp))
+    state = build_state(with_policy(cfg, memory.policy), ds_config, device)
     step, consumed = ckpt.restore(state)
 
     batches = data.batches(rank=dp_rank, world_size=dp_size, start=consumed, device=device)
@@ -111,7 +128,9 @@ def train(
         step += 1
         consumed, loss_bad = train_step(step, consumed)
         if not nonfinite.after_step(step, state.engine, loss_bad):
+            monitor.metrics.timers["ema"].start()
             state.ema.update()
+            monitor.metrics.timers["ema"].stop()
         monitor.after_step(step, state, nonfinite.total)
         save, stop = trigger.due(step, cfg.train.steps)
         if save:
