@@ -70,7 +70,8 @@ def test_coarse_stage_equals_pretrained_model_bitwise_same_patch() -> None:
     assert v_fm.abs().max() > 0.1  # a real function, not zeros
     assert torch.count_nonzero(v_dfm[1]) == 0  # the fine head starts at zero
     assert "stage_embedder.weight" in summary.zeroed
-    assert {"patch_embed.1.weight", "t_embedders.1.mlp.0.weight", "final_layers.1.linear.weight"} <= set(summary.zeroed)
+    assert {"patch_embed.1.weight", "t_embedders.1.mlp.2.weight", "final_layers.1.linear.weight"} <= set(summary.zeroed)
+    assert summary.new == ["t_embedders.1.mlp.0.weight", "t_embedders.1.mlp.0.bias"]  # gradients must reach it
     assert "blocks.0.attn.qkv.weight" in summary.copied and "final_layers.0.linear.weight" in summary.copied
 
 

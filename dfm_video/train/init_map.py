@@ -8,10 +8,12 @@ every tensor.
 Placement (DFM_METHOD.md section 6b). Same number of stages (flow matching -> flow matching, DFM ->
 DFM): every tensor by name. A one-stage (flow-matching) source into an S-stage model: the DiT core
 (blocks, class table) is copied; the coarse stage's patch embedder, timestep embedder and head copy
-the source's single ones; the finer stages' patch embedders, timestep embedders and heads and the
-stage embedding (new) are zero-initialised. Since a zero timestep embedder adds exactly 0 to the
-conditioning and a zero patch embedder adds exactly 0 to the tokens, the model then reproduces the
-pretrained model on the coarse stage bit for bit (tests/test_init_from.py).
+the source's single ones; the finer stages' patch embedders, heads and timestep embedders' output
+layers, and the stage embedding (new), are zero-initialised (a timestep MLP's first layer keeps its
+fresh init: were both layers zero, no gradient would ever reach the MLP's weights). A zero timestep
+embedder output adds exactly 0 to the conditioning and a zero patch embedder exactly 0 to the
+tokens, so the model reproduces the pretrained model on the coarse stage bit for bit
+(tests/test_init_from_model.py).
 
 Strict (the default): every model tensor must come from the source (or be one of the zeroed ones
 above) with the same shape, and every source tensor must be used; anything else is a ValueError
@@ -142,15 +144,25 @@ class InitSummary:
         ]
 
 
-def _source_name(key: str, S_src: int, S: int) -> Optional[str]:
-    """The source tensor a model tensor takes, or None for a tensor zero-initialised by the recipe."""
+def _placement(key: str, S_src: int, S: int) -> tuple[str, Optional[str]]:
+    """("copy", source name), ("zero", None) or ("new", None) for a model tensor under the recipe."""
     if key.startswith("stage_embedder.") and S_src == 1 and S > 1:
-        return None
+        return "zero", None
     m = _STAGE_KEY.match(key)
     if m is None or S_src == S:
-        return key
-    stage = int(m.group(2))
-    return f"{m.group(1)}.0.{m.group(3)}" if stage == 0 else None
+        return "copy", key
+    kind, stage, rest = m.group(1), int(m.group(2)), m.group(3)
+    if stage == 0:
+        return "copy", f"{kind}.0.{rest}"
+    if kind == "t_embedders" and rest.startswith("mlp.0."):
+        # Only the timestep MLP's output layer is zeroed: the embedder still adds exactly 0, and its
+        # first layer keeps its fresh init so gradients reach it (an all-zero MLP would stay a constant).
+        return "new", None
+    return "zero", None
+
+
+def _depth(state: Mapping[str, Tensor]) -> int:
+    return len({k.split(".")[1] for k in state if k.startswith(CORE_PREFIX)})
 
 
 def map_state(
@@ -167,20 +179,32 @@ def map_state(
     """
     S = source_stages(model_state)
     S_src = source_stages_hint or source_stages(source_state)
+    if S_src == 0:
+        raise ValueError(
+            f"{source}: no 'patch_embed.<stage>.weight' among the source's tensors ({sorted(source_state)[:6]} ...): "
+            "not our layout; rename its tensors with a key map (train.init_key_map)"
+        )
     if S_src != S and S_src != 1:
         raise ValueError(
             f"{source}: a {S_src}-stage model cannot initialise a {S}-stage one; the source must have {S} stages "
             "(same layout) or 1 (flow matching: the coarse stage copies it)"
         )
     summary = InitSummary(source, S_src, S)
+    problems: list[str] = []
+    depth, src_depth = _depth(model_state), _depth(source_state)
+    if depth != src_depth:
+        problems.append(f"the source has {src_depth} transformer blocks, the model {depth} (model.depth)")
     out: dict[str, Tensor] = {}
     used: set[str] = set()
-    problems: list[str] = []
     for key, target in model_state.items():
-        src_key = _source_name(key, S_src, S)
-        if src_key is None:
+        kind, src_key = _placement(key, S_src, S)
+        if kind == "zero":
             out[key] = torch.zeros_like(target)
             summary.zeroed.append(key)
+            continue
+        if kind == "new":
+            out[key] = target.detach().clone()
+            summary.new.append(key)
             continue
         value = source_state.get(src_key)
         if value is not None:

@@ -28,6 +28,7 @@ from dfm_video.train.ds_config import build_deepspeed_config, gradient_accumulat
 from dfm_video.train.ema import EMA
 from dfm_video.train.engine import TrainState, create_engine, init_distributed
 from dfm_video.train.export import export_weights
+from dfm_video.train.init_from import InitFrom, plan_init_from
 from dfm_video.train.lr_schedule import lr_multiplier
 from dfm_video.train.monitor import RunMonitor, check_monitoring
 from dfm_video.train.nonfinite import NonFiniteLossError, NonFiniteSteps
@@ -38,11 +39,15 @@ __all__ = ["NonFiniteLossError", "train"]
 log = logging.getLogger(__name__)
 
 
-def build_state(cfg: Config, sp: int, dp_size: int, ckpt: CheckpointManager) -> TrainState:
-    """Model (identical initial weights on every rank), sequence-parallel hooks, AdamW with decay /
-    no-decay groups, the LR schedule, the DeepSpeed engine and the EMA."""
+def build_state(
+    cfg: Config, sp: int, dp_size: int, ckpt: CheckpointManager, init: InitFrom | None = None
+) -> TrainState:
+    """Model (identical initial weights on every rank; `init`: pretrained ones), sequence-parallel hooks,
+    AdamW with decay / no-decay groups, the LR schedule, the DeepSpeed engine and the EMA."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, cfg.dfm)
+    if init is not None:  # before DeepSpeed partitions the model; the EMA below starts from these weights
+        init.apply(model, dist.get_rank())
     groups = setup_parallel(cfg, model)  # N > 1: hooks the model to process 1/N of the tokens
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.optim.weight_decay),
@@ -80,6 +85,7 @@ def train(
         lr=cfg.optim.lr,
     )
     ckpt.plan(resume, int(os.environ.get("WORLD_SIZE", "1")), cfg.distributed.zero_stage, overwrite, allow_change)
+    init = plan_init_from(cfg, ckpt.start.checkpoint)  # pretrained weights read and checked, None on resume
 
     # Process group, model and engine. Data parallelism runs across sequence-parallel groups:
     # batches, seeds and batch arithmetic use the group index (dp_rank) and count (dp_size).
@@ -87,7 +93,7 @@ def train(
     rank, world, device = info.rank, info.world_size, info.device
     dp_rank, dp_size = data_parallel_layout(rank, world, sp)
     ckpt.open_run_dir(rank, world)
-    state = build_state(cfg, sp, dp_size, ckpt)
+    state = build_state(cfg, sp, dp_size, ckpt, init)
     step, consumed = ckpt.restore(state)
 
     batches = data.batches(rank=dp_rank, world_size=dp_size, start=consumed, device=device)
