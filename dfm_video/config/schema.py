@@ -206,7 +206,7 @@ class TrainConfig:
     """Start a NEW run from these weights (an export folder, a run directory, a checkpoint folder, or a
     DeepSpeed ZeRO-2/3/universal checkpoint folder): step, optimizer, LR schedule and data order start
     fresh, the EMA starts from the loaded weights. A one-stage (flow-matching) source initialises an
-    S-stage model the paper's way (core and coarse stage copied, finer stages zeroed; docs/finetune.md).
+    S-stage model the paper's way (core and coarse stage copied, finer stages zeroed; README, "Fine-tune").
     Ignored, with a log line, when the run directory already has checkpoints to resume."""
     init_strict: bool = True
     """Refuse any load that leaves a source tensor unused or a core tensor unloaded, or whose shapes
