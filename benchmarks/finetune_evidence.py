@@ -72,7 +72,7 @@ def ensure_shards(shards: Path, clips_per_source: int) -> Path:
 def demo_config(shards: Path, method: str, seed: int, extra: list[str]) -> Config:
     """configs/demo.yaml on `shards`, in one process: `dfm` (with the coarse upsampling) or `fm`."""
     base = [f"data.shards={shards}", "data.num_workers=0", f"train.seed={seed}", "distributed.zero_stage=0"]
-    base += ["distributed.micro_batch_size=8", "distributed.global_batch_size=8"]
+    base += ["distributed.micro_batch_size=8", "distributed.global_batch_size=8"]  # the demo's (`--batch`)
     if method == "dfm":
         return load_config("demo.yaml", base + [UPSAMPLE] + extra)
     return single_stage(load_config("demo.yaml", base + extra))
@@ -135,7 +135,12 @@ def pretrained_weights(args, shards: Path, out: Path) -> tuple[dict, str]:
         return weights, str(src)
     path = out / f"pretrained_fm_{args.pretrain_steps}.safetensors"
     if not path.is_file():
-        cfg = demo_config(shards, "fm", 0, [])
+        cfg = demo_config(
+            shards,
+            "fm",
+            0,
+            [f"distributed.micro_batch_size={args.batch}", f"distributed.global_batch_size={args.batch}"],
+        )
         t0 = time.perf_counter()
         _, ema_weights = train(cfg, args.pretrain_steps, None, 0, None, args.pretrain_steps)
         save_file(ema_weights, str(path))
@@ -156,6 +161,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--num-eval", type=int, default=12)
     ap.add_argument("--lr", type=float, default=1e-4, help="fine-tune lr (demo pretraining: 5e-4)")
     ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=8, help="batch of pretraining and fine-tuning (demo: 8)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--fvd", action="store_true", help="also FVD (I3D) against the training clips")
     ap.add_argument("--out", default="outputs/finetune_evidence")
@@ -170,6 +176,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     real_fvd = feature_statistics(fvd.fn([torch.from_numpy(c) for c in real_np]).numpy(), "real") if fvd else None
     seeds = [int(s) for s in args.seeds.split(",")]
     extra = [f"optim.lr={args.lr}", f"optim.warmup_steps={args.warmup}"]
+    extra += [f"distributed.micro_batch_size={args.batch}", f"distributed.global_batch_size={args.batch}"]
     rows, losses = [], {}
     for seed in seeds:
         for method in ("dfm", "ft"):

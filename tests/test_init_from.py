@@ -15,7 +15,7 @@ from dfm_video.config import config_to_dict, load_config, single_stage
 from dfm_video.models import build_model
 from dfm_video.train.export import export_weights
 from dfm_video.train.init_from import SUMMARY_FILE, plan_init_from, read_init_source
-from dfm_video.train.init_map import apply_key_map, load_key_map
+from dfm_video.train.init_map import apply_key_map, load_key_map, map_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
@@ -195,3 +195,28 @@ def test_key_map_loads_another_layout(tmp_path) -> None:
     bad.write_text(json.dumps([[r"x_embedder\.proj\.weight", "patch_embed.0.weight", [7, -1]]]))
     with pytest.raises(ValueError, match=r"cannot reshape 'x_embedder\.proj\.weight' \(64, 48, 1, 2, 2\) to \[7, -1\]"):
         apply_key_map(foreign, load_key_map(bad), "foreign")
+
+
+def test_config_checks_and_the_k700_finetune_config() -> None:
+    with pytest.raises(ValueError, match=r"key 'model.upsample_factors': expected one \(1, fh, fw\) per stage \(2\)"):
+        load_config("tiny.yaml", ["model.upsample_factors=[[1, 2, 2]]"])
+    with pytest.raises(ValueError, match=r"key 'model.upsample_factors\[0\]'.*\[1, 3, 2\]"):
+        load_config("tiny.yaml", ["model.upsample_factors=[[1, 3, 2], [1, 1, 1]]"])
+    with pytest.raises(ValueError, match="key 'train.init_key_map': given .* without train.init_from"):
+        load_config("tiny.yaml", ["train.init_key_map=map.json"])
+    cfg = load_config("k700-finetune.yaml")
+    assert (cfg.optim.lr, cfg.optim.betas, cfg.optim.eps, cfg.optim.warmup_steps, cfg.optim.weight_decay) == (
+        1e-5,
+        (0.9, 0.99),
+        1e-8,
+        2000,
+        0.01,
+    )
+    assert cfg.model.name == "DiT3D-XL" and cfg.train.init_from and cfg.train.init_strict
+    # the source (k700.yaml as flow matching) fits the fine-tune's coarse stage: checked on the meta device
+    fm = single_stage(load_config("k700.yaml"))
+    with torch.device("meta"):
+        src = build_model(fm.model, fm.dfm).state_dict()
+        dst = build_model(cfg.model, cfg.dfm).state_dict()
+    _, summary = map_state(dst, src, "k700 FM")
+    assert len(summary.copied) == len(src) and not summary.ignored
