@@ -169,14 +169,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shards = ensure_shards(Path(args.shards), args.clips_per_source)
+    batch = [f"distributed.micro_batch_size={args.batch}", f"distributed.global_batch_size={args.batch}"]
     weights, source = pretrained_weights(args, shards, out)
-    real_np = real_clips(open_data(demo_config(shards, "dfm", 0, []), "real set").buckets[0])
+    real_np = real_clips(open_data(demo_config(shards, "dfm", 0, batch), "real set").buckets[0])
     real = torch.stack([torch.from_numpy(c).permute(3, 0, 1, 2).float() / 127.5 - 1 for c in real_np])
     fvd = build_fvd(None, torch.device("cpu"), real.shape[2]) if args.fvd else None
     real_fvd = feature_statistics(fvd.fn([torch.from_numpy(c) for c in real_np]).numpy(), "real") if fvd else None
     seeds = [int(s) for s in args.seeds.split(",")]
     extra = [f"optim.lr={args.lr}", f"optim.warmup_steps={args.warmup}"]
-    extra += [f"distributed.micro_batch_size={args.batch}", f"distributed.global_batch_size={args.batch}"]
+    extra += batch
     rows, losses = [], {}
     for seed in seeds:
         for method in ("dfm", "ft"):
