@@ -216,6 +216,17 @@ def validate(cfg: Config, source: str = "<config>") -> None:
         fail("model.class_dropout", f"expected a probability in [0, 1), got {m.class_dropout}")
     if m.num_classes < 1:
         fail("model.num_classes", f"expected >= 1, got {m.num_classes}")
+    if m.upsample_factors is not None:
+        if len(m.upsample_factors) != d.num_stages:
+            fail(
+                "model.upsample_factors",
+                f"expected one (1, fh, fw) per stage ({d.num_stages}), got {m.upsample_factors}",
+            )
+        for i, u in enumerate(m.upsample_factors):
+            if u[0] != 1 or any(v not in (1, 2) for v in u[1:]):
+                fail(f"model.upsample_factors[{i}]", f"expected (1, fh, fw) with fh, fw in 1 or 2, got {list(u)}")
+    if cfg.train.init_key_map and not cfg.train.init_from:
+        fail("train.init_key_map", f"given ({cfg.train.init_key_map!r}) without train.init_from")
     s = cfg.sample
     if len(s.steps) != d.num_stages:
         fail("sample.steps", f"expected one step count per stage ({d.num_stages}), got {s.steps}")

@@ -74,6 +74,12 @@ class ModelConfig:
         elif self.activation_checkpointing is False:
             self.activation_checkpointing = "none"
 
+    upsample_factors: Optional[list[tuple[int, int, int]]] = None
+    """Per-stage input upsampling (1, fh, fw), coarse to fine (len = S), fh/fw in {1, 2}; None = none. A stage
+    with (1, 2, 2) is upsampled 2x (nearest) before its patch embedder, patchified with twice its patch, and its
+    output averaged back down: how a DFM fine-tune's coarse stage reuses a pretrained model's (1, 2, 2) patch
+    (DFM_METHOD.md 6b). Costs 4x that stage's patch-embedder and head FLOPs (`dfm_video.models.flops`)."""
+
 
 @dataclass
 class DFMConfig:
@@ -226,6 +232,19 @@ class TrainConfig:
     """W&B project name."""
     wandb_mode: Literal["offline", "online"] = "offline"
     """`offline` writes the run under {output_dir}/wandb with no network (`wandb sync` later)."""
+    init_from: str = ""
+    """Start a NEW run from these weights (an export folder, a run directory, a checkpoint folder, or a
+    DeepSpeed ZeRO-2/3/universal checkpoint folder): step, optimizer, LR schedule and data order start
+    fresh, the EMA starts from the loaded weights. A one-stage (flow-matching) source initialises an
+    S-stage model the paper's way (core and coarse stage copied, finer stages zeroed; README, "Fine-tune").
+    Ignored, with a log line, when the run directory already has checkpoints to resume."""
+    init_strict: bool = True
+    """Refuse any load that leaves a source tensor unused or a core tensor unloaded, or whose shapes
+    differ. False allows the documented partial loads: a different class count (class table
+    re-initialised) and source tensors the model does not have (ignored); listed in init_from.json."""
+    init_key_map: str = ""
+    """Key map for sources whose parameter names differ from ours: a JSON file of [pattern, name]
+    or [pattern, name, reshape] rules (`dfm_video.train.init_from.load_key_map`); "" = our names."""
 
 
 @dataclass

@@ -31,7 +31,15 @@ from dfm_video.models.ops import (
     rms_norm,
     rope_tables,
 )
-from dfm_video.models.patch import patchify, stage_patch_sizes, token_grid, unpatchify
+from dfm_video.models.patch import (
+    downsample_mean,
+    patchify,
+    stage_patch_sizes,
+    stage_upsample_factors,
+    token_grid,
+    unpatchify,
+    upsample_nearest,
+)
 from dfm_video.models.registry import resolve_size
 
 log = logging.getLogger(__name__)
@@ -145,7 +153,11 @@ class DiT3D(nn.Module):
         self.kernels = model_cfg.kernels  # fused-op switch, resolved per device by kernels_backend
         self.patches = stage_patch_sizes(model_cfg.patch_size, dfm_cfg.factors)
         C = self.in_channels
-        vols = [math.prod(p) * C for p in self.patches]
+        # Optional per-stage nearest upsampling before the embedder (averaged back after the head):
+        # a coarse stage then uses a pretrained model's larger patch on the same token grid.
+        self.upsample = stage_upsample_factors(model_cfg.upsample_factors, S)
+        self.embed_patches = [tuple(p * u for p, u in zip(pa, up)) for pa, up in zip(self.patches, self.upsample)]
+        vols = [math.prod(p) * C for p in self.embed_patches]
 
         self.patch_embed = nn.ModuleList(nn.Linear(v, D) for v in vols)
         self.t_embedders = nn.ModuleList(TimestepEmbedder(D) for _ in range(S))
@@ -278,8 +290,8 @@ class DiT3D(nn.Module):
         act = active.to(torch.bool)
 
         x = None  # (B, N, D): the stages' patch embeddings, summed
-        for s, (lvl, patch, embed) in enumerate(zip(levels, self.patches, self.patch_embed)):
-            masked = lvl * act[:, s].to(lvl.dtype).view(B, 1, 1, 1, 1)
+        for s, (lvl, patch, up, embed) in enumerate(zip(levels, self.embed_patches, self.upsample, self.patch_embed)):
+            masked = upsample_nearest(lvl * act[:, s].to(lvl.dtype).view(B, 1, 1, 1, 1), up)
             tok = embed(patchify(masked, patch, self.temporal_mode).to(embed.weight.dtype))
             x = tok if x is None else x + tok
 
@@ -302,6 +314,8 @@ class DiT3D(nn.Module):
             x = run_block(block, policy, x, c, cos, sin, backend, kbackend)
 
         return [
-            unpatchify(head(x, c, kbackend), grid, patch, self.in_channels, self.temporal_mode, lvl.shape[2])
-            for head, patch, lvl in zip(self.final_layers, self.patches, levels)
+            downsample_mean(
+                unpatchify(head(x, c, kbackend), grid, patch, self.in_channels, self.temporal_mode, lvl.shape[2]), up
+            )
+            for head, patch, up, lvl in zip(self.final_layers, self.embed_patches, self.upsample, levels)
         ]

@@ -16,7 +16,7 @@ import torch
 
 from dfm_video.config.schema import DFMConfig, ModelConfig
 from dfm_video.models.dit import FREQ_DIM, DiT3D
-from dfm_video.models.patch import stage_patch_sizes, token_grid
+from dfm_video.models.patch import stage_patch_sizes, stage_upsample_factors, token_grid
 from dfm_video.models.registry import resolve_size
 
 
@@ -35,9 +35,12 @@ def model_flops(
     # every stage has the finest stage's token grid (DiT3D.forward checks it)
     N = math.prod(token_grid(tuple(latent_shape), patches[-1], dfm_cfg.temporal_mode))
 
+    # A stage upsampled by u (model.upsample_factors) embeds and predicts patches u times larger: its
+    # embedder and head cost prod(u) times more (the nearest upsampling and the mean are elementwise).
+    ups = stage_upsample_factors(model_cfg.upsample_factors, len(patches))
     flops = 0
-    for p in patches:
-        out = math.prod(p) * C
+    for p, u in zip(patches, ups):
+        out = math.prod(p) * math.prod(u) * C
         flops += 2 * N * out * D  # patch embedder
         flops += 2 * (FREQ_DIM * D + D * D)  # timestep MLP (one vector per sample)
         flops += 2 * D * 2 * D + 2 * N * D * out  # head: adaLN + linear
@@ -75,6 +78,9 @@ def parameter_counts(model_cfg: ModelConfig, dfm_cfg: DFMConfig) -> dict[str, fl
     Returns {"total", "single_stage", "extra", "extra_pct"}.
     """
     total = _count(model_cfg, dfm_cfg)
-    single = _count(model_cfg, dataclasses.replace(dfm_cfg, num_stages=1, factors=[], stage_probs=[1.0]))
+    single = _count(
+        dataclasses.replace(model_cfg, upsample_factors=None),
+        dataclasses.replace(dfm_cfg, num_stages=1, factors=[], stage_probs=[1.0]),
+    )
     extra = total - single
     return {"total": total, "single_stage": single, "extra": extra, "extra_pct": 100.0 * extra / single}

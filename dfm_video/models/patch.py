@@ -105,3 +105,52 @@ def unpatchify(
     if pt > 1 and (temporal_mode == "causal" or (frames == 1 and Tg == 1)):
         x = x[:, :, pt - 1 :]
     return x
+
+
+def stage_upsample_factors(factors: Sequence[Sequence[int]] | None, num_stages: int) -> list[Patch]:
+    """Per-stage input upsampling (ft, fh, fw), coarse to fine; None means (1, 1, 1) everywhere.
+
+    A stage with factor u is upsampled u-fold (nearest) before its patch embedder, patchified with
+    its patch times u, and its head's output is averaged back down by u (`downsample_mean`): a
+    pretrained model's larger patch then applies to a coarser stage on the same token grid
+    (DFM_METHOD.md section 6b). Each entry is 1 or 2 per axis, ft = 1 (no temporal upsampling: the
+    causal frame-0 rule has no nearest-upsampled counterpart).
+    """
+    if factors is None:
+        return [(1, 1, 1)] * num_stages
+    if len(factors) != num_stages:
+        raise ValueError(f"model.upsample_factors has {len(factors)} entries; {num_stages} stages need {num_stages}")
+    out: list[Patch] = []
+    for s, f in enumerate(factors):
+        u = tuple(int(v) for v in f)
+        if len(u) != 3 or u[0] != 1 or any(v not in (1, 2) for v in u[1:]):
+            raise ValueError(f"model.upsample_factors[{s}] must be (1, fh, fw) with fh, fw in {{1, 2}}, got {list(f)}")
+        out.append(u)
+    return out
+
+
+def upsample_nearest(x: Tensor, factor: Sequence[int]) -> Tensor:
+    """(B, C, T, H, W) -> (B, C, T*ft, H*fh, W*fw) by repeating each element (nearest)."""
+    for axis, f in zip((2, 3, 4), factor):
+        if f > 1:
+            x = x.repeat_interleave(f, dim=axis)
+    return x
+
+
+def downsample_mean(x: Tensor, factor: Sequence[int]) -> Tensor:
+    """(B, C, T*ft, H*fh, W*fw) -> (B, C, T, H, W): the mean of each block, one axis at a time.
+
+    Factor 2 only, as (a + b) * 0.5 per axis: for a nearest-upsampled field (a == b) each step is exact
+    in floating point by construction, so `downsample_mean(upsample_nearest(x, f), f) == x` bit for bit
+    and a coarse stage run through the upsampled path keeps its exact coarse-resolution dynamics. It
+    is 2x2 average pooling (the pyramid's own downsampling, the adjoint of nearest upsampling / 4) up
+    to rounding; a strided pick would also invert the upsampling but would alias the pretrained output.
+    """
+    for axis, f in zip((2, 3, 4), factor):
+        if f == 1:
+            continue
+        if f != 2 or x.shape[axis] % 2:
+            raise ValueError(f"downsample_mean: factor {f} on axis of size {x.shape[axis]} (needs factor 2, even size)")
+        pair = x.unflatten(axis, (x.shape[axis] // 2, 2))
+        x = (pair.select(axis + 1, 0) + pair.select(axis + 1, 1)) * 0.5
+    return x

@@ -55,6 +55,10 @@ HARMLESS = (
     "train.wandb_project",
     "train.wandb_mode",
     "preprocess.",  # read by data_pipeline only; the shards themselves are fingerprinted
+    # act at step 0 only; a resume ignores them
+    "train.init_from",
+    "train.init_strict",
+    "train.init_key_map",
 )
 DELIBERATE = (
     "optim.lr",

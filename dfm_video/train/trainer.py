@@ -28,6 +28,7 @@ from dfm_video.train.ds_config import build_deepspeed_config, gradient_accumulat
 from dfm_video.train.ema import EMA
 from dfm_video.train.engine import TrainState, create_engine, init_distributed
 from dfm_video.train.export import export_weights
+from dfm_video.train.init_from import InitFrom, plan_init_from
 from dfm_video.train.lr_schedule import lr_multiplier
 from dfm_video.train.memory_setup import plan_checkpointing, with_policy
 from dfm_video.train.monitor import RunMonitor, check_monitoring
@@ -58,11 +59,13 @@ def build_optimizer(cfg: Config, groups: list[dict], device: torch.device) -> to
     )
 
 
-def build_state(cfg: Config, ds_config: dict, device: torch.device) -> TrainState:
-    """Model (identical initial weights on every rank), sequence-parallel hooks, AdamW with decay /
-    no-decay groups, the LR schedule, the DeepSpeed engine and the EMA."""
+def build_state(cfg: Config, ds_config: dict, device: torch.device, init: InitFrom | None = None) -> TrainState:
+    """Model (identical initial weights on every rank; `init`: pretrained ones), sequence-parallel hooks,
+    AdamW with decay / no-decay groups, the LR schedule, the DeepSpeed engine and the EMA."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, cfg.dfm)
+    if init is not None:  # before DeepSpeed partitions the model; the EMA below starts from these weights
+        init.apply(model, dist.get_rank())
     groups = setup_parallel(cfg, model)  # N > 1: hooks the model to process 1/N of the tokens
     optimizer = build_optimizer(cfg, param_groups(model, cfg.optim.weight_decay), device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg.optim, cfg.train.steps))
@@ -96,6 +99,7 @@ def train(
         lr=cfg.optim.lr,
     )
     ckpt.plan(resume, int(os.environ.get("WORLD_SIZE", "1")), cfg.distributed.zero_stage, overwrite, allow_change)
+    init = plan_init_from(cfg, ckpt.start.checkpoint)  # pretrained weights read and checked, None on resume
 
     # Process group, model and engine. Data parallelism runs across sequence-parallel groups:
     # batches, seeds and batch arithmetic use the group index (dp_rank) and count (dp_size).
@@ -104,7 +108,7 @@ def train(
     dp_rank, dp_size = data_parallel_layout(rank, world, sp)
     ckpt.open_run_dir(rank, world)
     ds_config = ckpt.deepspeed_config(sequence_parallel_ds_config(build_deepspeed_config(cfg, dp_size), sp))
-    state = build_state(with_policy(cfg, memory.policy), ds_config, device)
+    state = build_state(with_policy(cfg, memory.policy), ds_config, device, init)
     step, consumed = ckpt.restore(state)
 
     batches = data.batches(rank=dp_rank, world_size=dp_size, start=consumed, device=device)
