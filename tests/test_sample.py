@@ -94,16 +94,23 @@ def test_flow_matching_baseline_samples_through_the_same_command(trained, tmp_pa
 
 
 class _ConstantVelocity(nn.Module):
-    """Stub model with a known answer: velocity c_s for stage s (guided or not, same value)."""
+    """Stub model with a known answer: velocity c_s + (1 + y) e_s for stage s and label y < null,
+    c_s for the null label, so guidance at scale w gives c_s + w (1 + y) e_s."""
 
-    def __init__(self, values: list[float]) -> None:
+    def __init__(self, values: list[float], label_terms: list[float]) -> None:
         super().__init__()
         self.values = values
+        self.label_terms = label_terms
         self.null_class = 3
         self.anchor = nn.Parameter(torch.zeros(()))  # gives the sampler a device and dtype
 
     def forward(self, levels, t, active, y):
-        return [torch.full_like(x, v) for x, v in zip(levels, self.values)]
+        cond = torch.where(y == self.null_class, 0.0, 1.0 + y.float())  # (B,)
+        out = []
+        for x, c, e in zip(levels, self.values, self.label_terms):
+            v = c + cond * e
+            out.append(v.view(-1, *([1] * (x.dim() - 1))).expand_as(x).to(x.dtype).clone())
+        return out
 
 
 def test_generation_wiring_against_a_known_answer():
@@ -116,15 +123,24 @@ def test_generation_wiring_against_a_known_answer():
         "stats": stats,
         "autoencoder": {"kind": "pixel", "temporal": 1, "spatial": [1, 1]},
     }
-    gen = Generator(model=_ConstantVelocity([1.0, -2.0]), cfg=cfg, meta=meta, source=Path("stub"))
-    latents, previews = generate(gen, [0, 2], steps=[5, 3], tau=0.8, cfg_scale=3.0, seed=1, previews=True)
+    c, e = [1.0, -2.0], [0.5, 0.25]
+    gen = Generator(model=_ConstantVelocity(c, e), cfg=cfg, meta=meta, source=Path("stub"))
+    y = [0, 2]
+    latents, previews = generate(gen, y, steps=[5, 3], tau=0.8, cfg_scale=3.0, seed=1, previews=True)
     g = torch.Generator().manual_seed(1)
     noise = [torch.randn(2, 2, *s, generator=g) for s in shapes]
-    # every stage integrates t from 0 to 1: x = noise + c; then destandardise and recompose
-    want = [(noise[0] + 1.0) * 2.0 + 0.5, (noise[1] - 2.0) * 0.25]
+    # guided velocity, constant in t: v_null + 3 (v_y - v_null) = c_s + 3 (1 + y) e_s, per sample
+    guided = [torch.tensor([c[s] + 3.0 * (1 + yb) * e[s] for yb in y]).view(2, 1, 1, 1, 1) for s in range(2)]
+    # every stage integrates t from 0 to 1: x = noise + v; then destandardise and recompose
+    want = [(noise[0] + guided[0]) * 2.0 + 0.5, (noise[1] + guided[1]) * 0.25]
     assert torch.allclose(latents, recompose(want, cfg.dfm.factors, "causal"), atol=1e-5)
     # the preview is stage 1's clean estimate at t = tau = 0.8 (x + (1 - tau) v), destandardised
-    assert torch.allclose(previews[0], (noise[0] + 0.8 + 0.2 * 1.0) * 2.0 + 0.5, atol=1e-5)
+    assert torch.allclose(previews[0], (noise[0] + 0.8 * guided[0] + 0.2 * guided[0]) * 2.0 + 0.5, atol=1e-5)
+    # the label and the scale matter: another label or scale 1 (no guidance) gives another sample
+    other, _ = generate(gen, [1, 2], steps=[5, 3], tau=0.8, cfg_scale=3.0, seed=1)
+    plain, _ = generate(gen, y, steps=[5, 3], tau=0.8, cfg_scale=1.0, seed=1)
+    assert not torch.allclose(other[0], latents[0]) and torch.allclose(other[1], latents[1], atol=1e-6)
+    assert not torch.allclose(plain, latents)
 
 
 def test_image_models_write_png(tmp_path):
