@@ -70,7 +70,8 @@ def test_wandb_without_the_package_is_a_config_error():
     importlib.util.find_spec("wandb") is None,
     reason=(
         "wandb not installed, and not installable here: wandb 0.31.0 (its current release) requires "
-        "cwevals==0.0.1b1, an unvetted beta package, and older releases downgrade protobuf under the shared venv. "
+        "cwevals==0.0.1b1 (pip download, 2026-12), an unvetted beta package, and older releases were reported to "
+        "downgrade the shared venv's protobuf 7. "
         "The payload W&B receives is compared with metrics.jsonl without wandb in "
         "tests/test_train_metrics.py::test_mfu_formula_and_the_wandb_payload_equals_metrics_jsonl"
     ),
