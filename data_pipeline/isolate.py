@@ -15,9 +15,11 @@ imported once), never from a fork of the multi-threaded Ray worker.
 Every exception a decode raises is turned into the clip's fate in one place, `outcome`.
 
 Fault injection (tests only): fault `decode.fault` of `dfm_video.faults` =
-{file base name: "hang" | "segv" | "oom" | "eio"}. The driver reads it (`decode_faults`) into the
-settings, because Ray workers and the forkserver may have started before the variable was set; it
-acts inside the child, so the real isolation machinery handles the real failure.
+{file base name: "hang" | "segv" | "oom" | "eio" | {"eio_first": k, "count_file": path}}. The last
+fails the first k decode attempts of that clip with EIO and appends one line per attempt to
+`count_file`, so a test counts the retries outside the decoder processes. The driver reads the fault
+(`decode_faults`) into the settings, because Ray workers and the forkserver may have started before
+the variable was set; it acts inside the child, so the real isolation machinery handles the real failure.
 """
 
 from __future__ import annotations
@@ -54,14 +56,24 @@ TRANSIENT_ERRNOS = {
 FAULT_ACTIONS = ("hang", "segv", "oom", "eio")
 
 
-def decode_faults() -> tuple[tuple[str, str], ...]:
+def _fault_action(action: Any) -> Any:
+    """A fault action as a hashable value: the name, or ("eio_first", k, count_file)."""
+    if isinstance(action, str) and action in FAULT_ACTIONS:
+        return action
+    if isinstance(action, dict) and set(action) == {"eio_first", "count_file"} and isinstance(action["eio_first"], int):
+        return ("eio_first", action["eio_first"], str(action["count_file"]))
+    raise ValueError(
+        f"{faults.ENV} decode.fault must map file base names to one of {list(FAULT_ACTIONS)} or "
+        f'{{"eio_first": k, "count_file": path}}, got {action!r}'
+    )
+
+
+def decode_faults() -> tuple[tuple[str, Any], ...]:
     """Fault `decode.fault` as sorted (file base name, action) pairs; () when it is not switched on."""
     table = faults.get("decode.fault", {})
-    if not isinstance(table, dict) or any(a not in FAULT_ACTIONS for a in table.values()):
-        raise ValueError(
-            f"{faults.ENV} decode.fault must map file base names to one of {list(FAULT_ACTIONS)}, got {table!r}"
-        )
-    return tuple(sorted(table.items()))
+    if not isinstance(table, dict):
+        raise ValueError(f"{faults.ENV} decode.fault must map file base names to actions, got {table!r}")
+    return tuple(sorted((name, _fault_action(a)) for name, a in table.items()))
 
 
 @dataclass(frozen=True)
@@ -71,7 +83,7 @@ class IsolationSettings:
     io_retries: int = 2
     recycle_after: int = 200  # clips per child before a fresh one (native leaks stay bounded)
     retry_backoff_s: float = 0.2
-    faults: tuple[tuple[str, str], ...] = ()  # tests only: (file base name, action), see decode_faults
+    faults: tuple[tuple[str, Any], ...] = ()  # tests only: (file base name, action), see decode_faults
 
     @classmethod
     def from_config(cls, p: PreprocessConfig) -> IsolationSettings:
@@ -95,7 +107,7 @@ def outcome(path: str, exc: BaseException, memory_mb: Optional[int]) -> tuple:
     return ("reject", "decode error", f"{path}: {type(exc).__name__}: {exc}")
 
 
-def _inject_fault(path: str, injected: tuple[tuple[str, str], ...], memory_mb: Optional[int]) -> None:
+def _inject_fault(path: str, injected: tuple[tuple[str, Any], ...], memory_mb: Optional[int]) -> None:
     action = dict(injected).get(os.path.basename(path))
     if action == "hang":
         time.sleep(10**6)
@@ -107,6 +119,15 @@ def _inject_fault(path: str, injected: tuple[tuple[str, str], ...], memory_mb: O
         np.empty(((memory_mb or 1024) + 64) << 20, dtype=np.uint8)
     elif action == "eio":
         raise OSError(errno.EIO, "Input/output error (injected fault)", path)
+    elif isinstance(action, tuple) and action[0] == "eio_first":
+        _, k, count_file = action
+        with open(count_file, "a+") as f:  # one line per attempt, across decoder processes
+            f.write("attempt\n")
+            f.flush()
+            f.seek(0)
+            attempts = len(f.readlines())
+        if attempts <= k:
+            raise OSError(errno.EIO, f"Input/output error (injected fault, attempt {attempts} of {k} failing)", path)
 
 
 def _child_main(conn: Any, settings: IsolationSettings, threads: int) -> None:

@@ -57,6 +57,32 @@ def test_preprocess_resizes_and_scales() -> None:
         i3d.preprocess_i3d(video.float())
 
 
+def test_preprocess_is_the_exact_bilinear_stretch_on_ramps() -> None:
+    """A ramp in each axis lands where bilinear (align_corners=False) puts it: the whole frame, stretched.
+
+    With value(c) = c along an axis of n pixels, output pixel j reads source coordinate
+    (j + 0.5) * n / 224 - 0.5 clamped to [0, n - 1], and linear interpolation of a ramp returns that
+    coordinate itself. A centre crop, nearest-neighbour resizing or a kept aspect ratio moves the ramp.
+    """
+    T, H, W = 2, 68, 160
+    video = torch.zeros(T, H, W, 3, dtype=torch.uint8)
+    video[..., 0] = torch.arange(W, dtype=torch.uint8)[None, None, :]  # horizontal ramp
+    video[..., 1] = torch.arange(H, dtype=torch.uint8)[None, :, None]  # vertical ramp
+    video[:, :, W // 2 :, 2] = 255  # an edge in the middle
+    x = i3d.preprocess_i3d(video).double()
+    j = torch.arange(224, dtype=torch.float64)
+    want_w = ((j + 0.5) * W / 224 - 0.5).clamp(0, W - 1) / 127.5 - 1
+    want_h = ((j + 0.5) * H / 224 - 0.5).clamp(0, H - 1) / 127.5 - 1
+    torch.testing.assert_close(x[0, 5, :, 0], want_w, rtol=0, atol=1e-5)
+    torch.testing.assert_close(x[1, :, 7, 1], want_h, rtol=0, atol=1e-5)
+    # The edge between source columns 79 and 80: output columns <= 110 dark, >= 113 bright, 111 and 112
+    # at (src - 79) of the way up (src = 79.14 and 79.86).
+    edge = (x[0, 10, :, 2] + 1) * 127.5
+    assert bool((edge[:111] == 0).all()) and bool((edge[113:] == 255).all())
+    src = (torch.tensor([111.0, 112.0], dtype=torch.float64) + 0.5) * W / 224 - 0.5
+    torch.testing.assert_close(edge[111:113], (src - 79) * 255, rtol=0, atol=1e-2)
+
+
 def test_variable_frame_counts_and_minimum(model: i3d.InceptionI3d) -> None:
     x = torch.zeros(1, 9, 224, 224, 3)
     with torch.inference_mode():

@@ -126,6 +126,50 @@ def test_isolated_decoder_survives_hang_crash_memory_and_io_errors(tmp_path, mon
     )
 
 
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_transient_io_errors_are_retried_io_retries_times(tmp_path, monkeypatch, k: int) -> None:
+    """The first k attempts fail with EIO (counted in a file, outside the decoder processes): k <= io_retries
+    decodes the clip after k retries, k = io_retries + 1 rejects it after exactly io_retries + 1 attempts."""
+    path = write_synthetic(tmp_path / "flaky.mp4", list(range(0, 30 * 40, 40)), TB)
+    counter = tmp_path / "attempts.txt"
+    fault = {"flaky.mp4": {"eio_first": k, "count_file": str(counter)}}
+    monkeypatch.setenv(*faults.env(decode__fault=fault).popitem())
+    params = DecodeParams(9, 8.0, (32, 32), "decord")
+    settings = IsolationSettings(timeout_s=30.0, io_retries=2, retry_backoff_s=0.01, faults=decode_faults())
+    proc = DecoderProcess(settings, threads=1)
+    try:
+        got = proc.decode(str(path), False, params)
+    finally:
+        proc.stop()
+    attempts = len(counter.read_text().splitlines())
+    if k <= settings.io_retries:
+        assert not isinstance(got, ClipRejected), got
+        assert attempts == k + 1
+        assert np.array_equal(got.frames, decode_clip(str(path), False, params).frames)
+    else:
+        assert isinstance(got, ClipRejected) and got.reason == "I/O error"
+        assert attempts == settings.io_retries + 1
+        assert "attempt 3 of 3 failing" in got.detail and "after 2 retries" in got.detail
+
+
+def test_decoder_process_is_recycled_after_recycle_after_clips(tmp_path) -> None:
+    path = write_synthetic(tmp_path / "ok.mp4", list(range(0, 30 * 40, 40)), TB)
+    params = DecodeParams(9, 8.0, (32, 32), "decord")
+    proc = DecoderProcess(IsolationSettings(timeout_s=30.0, recycle_after=2), threads=1)
+    pids, frames = [], []
+    try:
+        for _ in range(5):
+            got = proc.decode(str(path), False, params)
+            assert not isinstance(got, ClipRejected), got
+            pids.append(proc.proc.pid)
+            frames.append(got.frames)
+    finally:
+        proc.stop()
+    # a fresh child every 2 clips: a a b b c, the old one gone
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] and len(set(pids)) == 3
+    assert all(np.array_equal(f, frames[0]) for f in frames)
+
+
 @pytest.mark.parametrize("layout", ["split", "fused"])
 def test_faulty_clips_become_rejects_and_the_job_goes_on(ray_local, tmp_path, monkeypatch, layout: str) -> None:
     """Real Ray: a decoder that hangs, one that kills itself, an autoencoder that raises for one clip

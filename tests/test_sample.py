@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -94,16 +95,23 @@ def test_flow_matching_baseline_samples_through_the_same_command(trained, tmp_pa
 
 
 class _ConstantVelocity(nn.Module):
-    """Stub model with a known answer: velocity c_s for stage s (guided or not, same value)."""
+    """Stub model with a known answer: velocity c_s + (1 + y) e_s for stage s and label y < null,
+    c_s for the null label, so guidance at scale w gives c_s + w (1 + y) e_s."""
 
-    def __init__(self, values: list[float]) -> None:
+    def __init__(self, values: list[float], label_terms: list[float]) -> None:
         super().__init__()
         self.values = values
+        self.label_terms = label_terms
         self.null_class = 3
         self.anchor = nn.Parameter(torch.zeros(()))  # gives the sampler a device and dtype
 
     def forward(self, levels, t, active, y):
-        return [torch.full_like(x, v) for x, v in zip(levels, self.values)]
+        cond = torch.where(y == self.null_class, 0.0, 1.0 + y.float())  # (B,)
+        out = []
+        for x, c, e in zip(levels, self.values, self.label_terms):
+            v = c + cond * e
+            out.append(v.view(-1, *([1] * (x.dim() - 1))).expand_as(x).to(x.dtype).clone())
+        return out
 
 
 def test_generation_wiring_against_a_known_answer():
@@ -116,15 +124,24 @@ def test_generation_wiring_against_a_known_answer():
         "stats": stats,
         "autoencoder": {"kind": "pixel", "temporal": 1, "spatial": [1, 1]},
     }
-    gen = Generator(model=_ConstantVelocity([1.0, -2.0]), cfg=cfg, meta=meta, source=Path("stub"))
-    latents, previews = generate(gen, [0, 2], steps=[5, 3], tau=0.8, cfg_scale=3.0, seed=1, previews=True)
+    c, e = [1.0, -2.0], [0.5, 0.25]
+    gen = Generator(model=_ConstantVelocity(c, e), cfg=cfg, meta=meta, source=Path("stub"))
+    y = [0, 2]
+    latents, previews = generate(gen, y, steps=[5, 3], tau=0.8, cfg_scale=3.0, seed=1, previews=True)
     g = torch.Generator().manual_seed(1)
     noise = [torch.randn(2, 2, *s, generator=g) for s in shapes]
-    # every stage integrates t from 0 to 1: x = noise + c; then destandardise and recompose
-    want = [(noise[0] + 1.0) * 2.0 + 0.5, (noise[1] - 2.0) * 0.25]
+    # guided velocity, constant in t: v_null + 3 (v_y - v_null) = c_s + 3 (1 + y) e_s, per sample
+    guided = [torch.tensor([c[s] + 3.0 * (1 + yb) * e[s] for yb in y]).view(2, 1, 1, 1, 1) for s in range(2)]
+    # every stage integrates t from 0 to 1: x = noise + v; then destandardise and recompose
+    want = [(noise[0] + guided[0]) * 2.0 + 0.5, (noise[1] + guided[1]) * 0.25]
     assert torch.allclose(latents, recompose(want, cfg.dfm.factors, "causal"), atol=1e-5)
     # the preview is stage 1's clean estimate at t = tau = 0.8 (x + (1 - tau) v), destandardised
-    assert torch.allclose(previews[0], (noise[0] + 0.8 + 0.2 * 1.0) * 2.0 + 0.5, atol=1e-5)
+    assert torch.allclose(previews[0], (noise[0] + 0.8 * guided[0] + 0.2 * guided[0]) * 2.0 + 0.5, atol=1e-5)
+    # the label and the scale matter: another label or scale 1 (no guidance) gives another sample
+    other, _ = generate(gen, [1, 2], steps=[5, 3], tau=0.8, cfg_scale=3.0, seed=1)
+    plain, _ = generate(gen, y, steps=[5, 3], tau=0.8, cfg_scale=1.0, seed=1)
+    assert not torch.allclose(other[0], latents[0]) and torch.allclose(other[1], latents[1], atol=1e-6)
+    assert not torch.allclose(plain, latents)
 
 
 def test_image_models_write_png(tmp_path):
@@ -201,9 +218,16 @@ def test_make_demo_end_to_end_at_a_smaller_size(tmp_path):
     ):
         assert png.is_file() and png.stat().st_size > 1000, png
     summary = json.loads((demo / "summary.json").read_text())
-    for method in ("DFM", "FM"):
-        assert summary["methods"][method]["hf_ratio"] > 0 and summary["methods"][method]["nearest_psnr_db"] > 0
-    assert "high-freq. energy / training clips" in r.stdout and "PSNR to nearest training clip" in r.stdout
+    # the printed table shows summary.json's numbers (the measures themselves: tests/test_demo_measures.py)
+    d, f = summary["methods"]["DFM"], summary["methods"]["FM"]
+    for m in (d, f):
+        assert 0 < m["hf_ratio"] < 1e3 and 0 < m["nearest_psnr_db"] < 100, m
+        assert abs(m["hf_ratio"] - m["hf_energy"] / m["hf_energy_real"]) < 1e-9 * m["hf_ratio"]
+    hf = re.search(r"high-freq\. energy / training clips\s+([\d.]+)x\s+([\d.]+)x", r.stdout)
+    ps = re.search(r"PSNR to nearest training clip\s+([\d.]+) dB\s+([\d.]+) dB", r.stdout)
+    assert hf and ps, r.stdout[-3000:]
+    assert [float(v) for v in hf.groups()] == [round(d["hf_ratio"], 2), round(f["hf_ratio"], 2)]
+    assert [float(v) for v in ps.groups()] == [round(d["nearest_psnr_db"], 1), round(f["nearest_psnr_db"], 1)]
     # quiet by default: no DeepSpeed INFO lines, no library FutureWarnings, no Ray log lines
     console = r.stdout + r.stderr
     assert "[INFO]" not in console and "FutureWarning" not in console and "core_worker" not in console, console[-3000:]

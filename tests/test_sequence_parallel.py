@@ -185,6 +185,15 @@ def test_a_sequence_parallel_checkpoint_resumes_without_it(sp_runs, tiny_shards,
     assert "resumed from" in r.stdout and "at step 5" in r.stdout and "sequence parallel" not in r.stdout
     m = read_metrics(out)
     assert sorted(m) == [6] and math.isfinite(m[6]["loss/total"]) and math.isfinite(m[6]["grad_norm"])
+    # the same step from the unsplit run's checkpoint (w1 equals w2-sp2 step for step), resumed the same way
+    ref = tmp_path / "resumed-unsplit"
+    shutil.copytree(sp_runs["w1"][0] / "checkpoints", ref / "checkpoints")
+    r = _train(tiny_shards, ref, 2, "distributed.sequence_parallel=1", "train.steps=6", args=["--resume", "auto"])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    want = read_metrics(ref)
+    assert sorted(want) == [6]
+    assert m[6]["loss/total"] == pytest.approx(want[6]["loss/total"], rel=1e-5, abs=1e-6)
+    assert m[6]["grad_norm"] == pytest.approx(want[6]["grad_norm"], rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.slow

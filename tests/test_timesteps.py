@@ -58,6 +58,23 @@ def test_single_stage_is_plain_flow_matching_and_per_batch_mode():
     assert pb.stage.unique().numel() == 1
 
 
+def test_per_batch_stage_frequencies_follow_stage_probs():
+    """Per-batch mode draws one stage per batch, with the stage_probs frequencies across batches."""
+    params = TimestepParams((0.6, 0.3, 0.1), stage_sampling="per_batch")
+    gen = torch.Generator().manual_seed(5)
+    n = 4000
+    stages = []
+    for _ in range(n):
+        ts = sample_timesteps(8, params, generator=gen)
+        assert ts.stage.unique().numel() == 1
+        assert torch.equal(ts.active, torch.arange(3)[None] <= ts.stage[:, None])
+        stages.append(int(ts.stage[0]))
+    stages = torch.tensor(stages)
+    for q, p in enumerate(params.stage_probs):
+        freq = (stages == q).double().mean().item()
+        assert abs(freq - p) < 5 * math.sqrt(p * (1 - p) / n), (q, freq, p)
+
+
 def test_seeded_and_validated():
     p = TimestepParams()
     a = sample_timesteps(16, p, generator=torch.Generator().manual_seed(7))

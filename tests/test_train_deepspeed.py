@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 from train_helpers import ROOT, cpu_env, deepspeed_cmd, free_port, read_metrics, run, torchrun_node_cmd
 
 from dfm_video import faults
+from dfm_video.data.schema import DatasetInfo, iter_samples
+from dfm_video.dfm import recompose
 
 pytestmark = pytest.mark.slow
 
@@ -207,6 +209,20 @@ def test_flow_matching_baseline_trains_in_the_same_trainer(tiny_shards, tmp_path
     # the single level is standardised with the whole-latent statistics stored beside the shards
     meta = json.loads((out / "export" / "dataset.json").read_text())
     assert meta["stats"] is not None and len(meta["stats"]["mean"]) == 1
+    info = DatasetInfo.load(tiny_shards)
+    want = info.latent_moments.stats()
+    torch.testing.assert_close(torch.tensor(meta["stats"]["mean"], dtype=torch.float64), want.mean.double())
+    torch.testing.assert_close(torch.tensor(meta["stats"]["std"], dtype=torch.float64), want.std.double())
+    # ... and those are the moments of the recomposed latents themselves (not the finest level's)
+    latents = torch.stack(
+        [
+            recompose([x[None] for x in smp.levels], info.factors, info.temporal_mode)[0]
+            for sh in info.shards
+            for smp in iter_samples(sh)
+        ]
+    ).double()
+    torch.testing.assert_close(want.mean[0].double(), latents.mean(dim=(0, 2, 3, 4)), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(want.std[0].double(), latents.std(dim=(0, 2, 3, 4)), rtol=1e-2, atol=1e-4)
 
 
 def test_bad_config_key_fails_before_any_process_group(tiny_shards, tmp_path):

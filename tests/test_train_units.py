@@ -11,6 +11,7 @@ from dfm_video.config import load_config
 from dfm_video.data.sampler import ResumableSampler
 from dfm_video.dfm import TimestepParams, decompose, dfm_objective, drop_labels
 from dfm_video.train.ds_config import build_deepspeed_config, gradient_accumulation_steps
+from dfm_video.train.ema import EMA
 from dfm_video.train.lr_schedule import lr_multiplier
 from dfm_video.train.step import InjectedFaults
 
@@ -208,3 +209,26 @@ def test_injected_faults_come_from_dfm_faults(monkeypatch):
         x = torch.ones(2, requires_grad=True)
         (f.outputs(step, [x * 1.0])[0].sum()).backward()
         assert bool(torch.isinf(x.grad).all()) == expect_inf, step
+
+
+def test_ema_update_follows_the_formula_step_by_step():
+    """shadow <- d * shadow + (1 - d) * w after each update (checked by value, not against another EMA)."""
+    d = 0.9
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.fill_(-2.0)
+    ema = EMA(model, d)
+    expected_w, expected_b = torch.ones(2, 3), torch.full((2,), -2.0)
+    for step, (w, b) in enumerate([(3.0, 0.0), (-1.0, 5.0), (10.0, 10.0)]):
+        with torch.no_grad():
+            model.weight.fill_(w)
+            model.bias.fill_(b)
+        ema.update()
+        expected_w = d * expected_w + (1 - d) * w
+        expected_b = d * expected_b + (1 - d) * b
+        got = ema.full_state_dict()
+        torch.testing.assert_close(got["weight"], expected_w, rtol=0, atol=1e-6, msg=f"step {step}")
+        torch.testing.assert_close(got["bias"], expected_b, rtol=0, atol=1e-6, msg=f"step {step}")
+        if step == 0:  # by hand: 0.9 * 1 + 0.1 * 3 and 0.9 * -2 + 0.1 * 0
+            assert abs(got["weight"][0, 0].item() - 1.2) < 1e-6 and abs(got["bias"][0].item() + 1.8) < 1e-6
