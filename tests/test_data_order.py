@@ -15,7 +15,7 @@ import torch
 from dfm_video.config import load_config
 from dfm_video.data.mixture import open_data
 from dfm_video.data.sampler import ResumableSampler
-from dfm_video.train.resume_guard import data_fingerprint
+from dfm_video.train.config_changes import data_fingerprint
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "data_order_reference.json").read_text())
 

@@ -63,6 +63,7 @@ from dfm_video.checkpoints import (
 from dfm_video.train import state_dump
 from dfm_video.train.config_changes import apply_optim_changes, compare_configs, data_fingerprint, with_fingerprint
 from dfm_video.train.engine import TrainState
+from dfm_video.train.nonfinite import NonFiniteWeightsError, local_weights_finite
 
 log = logging.getLogger(__name__)
 
@@ -282,11 +283,20 @@ def check_shared_run_dir(out_dir: Path, rank: int) -> None:
 
 def save_checkpoint(engine: Any, root: Path, step: int, meta: dict, ema: Any, keep_last: int, rank: int) -> Path:
     """Write a complete checkpoint for `step` (collective: call on every rank). `meta` must be JSON-able.
+    NonFiniteWeightsError, before anything is written, when any rank's weights are not finite.
 
     Fault `checkpoint.save_pause` = {"step": N, "seconds": S}: at the save of step N, rank 0 sleeps
     S seconds after every file is written and before `COMPLETE`, a window to SIGKILL a save in flight.
     """
     tag = tag_for(step)
+    if not all_ranks_ok(local_weights_finite(engine.module)):
+        # A checkpoint of NaN weights would become `latest` and pruning would delete the good ones.
+        kept = latest_tag(root) if rank == 0 else None
+        raise NonFiniteWeightsError(
+            f"step {step}: the model weights hold NaN or inf; no checkpoint was written and "
+            f"{root / 'latest'} still names {kept or 'nothing'}: resume from it (--resume auto), "
+            "e.g. with a lower optim.lr or optim.grad_clip"
+        )
     partial = root / (tag + ".partial")
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
@@ -368,9 +378,10 @@ class CheckpointManager:
 
         ckpt = CheckpointManager(out_dir, cfg_dict, dataset_meta, num_samples, keep_last=K, lr=LR)
         ckpt.plan(resume, world_size, zero_stage, ...)  every rank, before any process group
-        ckpt.open_run_dir(rank, world_size)             after init: --overwrite, shared folder, config_history
+        ckpt.open_run_dir(rank, world_size)             after init: the folder is shared by every rank
         ckpt.deepspeed_config(ds_config)                adds the universal-load setting when converting
-        step, consumed = ckpt.restore(state)            after deepspeed.initialize; (0, 0) for a fresh run
+        step, consumed = ckpt.restore(state)            after deepspeed.initialize: --overwrite, config_history,
+                                                        the checkpoint's state; (0, 0) for a fresh run
         ckpt.save(state, step, samples_consumed, ...)   collective, at every checkpoint
 
     `num_samples` and `dataset_meta` make the data fingerprint a resume is checked against; `lr` is
@@ -415,13 +426,18 @@ class CheckpointManager:
         return self.start
 
     def open_run_dir(self, rank: int, world_size: int) -> None:
-        """Collective: clear an overwritten run, check the folder is shared, record the config."""
+        """Collective: check the folder is shared by every rank. Nothing of an old run is touched here:
+        `--overwrite` deletes it in `restore`, once the engine is built (every early failure leaves it whole)."""
         self.rank, self.world_size = rank, world_size
-        if rank == 0 and self.start.clear_first:
-            log.info("--overwrite: removed %s from %s", ", ".join(clear_run(self.out_dir)), self.out_dir)
         check_shared_run_dir(self.out_dir, rank)
-        if rank == 0:
+
+    def _begin(self) -> None:
+        """Collective, after `deepspeed.initialize`: clear an overwritten run, record the config."""
+        if self.rank == 0:
+            if self.start.clear_first:
+                log.info("--overwrite: removed %s from %s", ", ".join(clear_run(self.out_dir)), self.out_dir)
             record_config(self.out_dir, self.cfg_dict, self.start.step, self.start.changes)
+        _barrier()
 
     def deepspeed_config(self, ds_config: dict) -> dict:
         """The DeepSpeed JSON, set to load a universal checkpoint when the plan converts one."""
@@ -430,7 +446,10 @@ class CheckpointManager:
         return ds_config
 
     def restore(self, state: TrainState) -> tuple[int, int]:
-        """Load the planned checkpoint into engine, EMA and scheduler; returns (step, samples consumed)."""
+        """Load the planned checkpoint into engine, EMA and scheduler; returns (step, samples consumed).
+
+        Call after the engine is built: a fresh `--overwrite` run deletes the old one only here."""
+        self._begin()
         path = self.start.checkpoint
         if path is None:
             return 0, 0

@@ -25,11 +25,14 @@ class InjectedFaults:
 
     Fault `train.nan_loss` = {"at_step": N, "times": K}: the loss of steps N .. N+K-1 is NaN
     (K defaults to 1). Fault `train.inf_grad` = {"at_step": N}: step N's loss is finite but the
-    gradient of the model output is scaled by inf.
+    gradient of the model output is scaled by inf. Fault `train.nan_weights` = {"at_step": N}: after
+    step N every rank's first weight tensor is NaN, as if a non-finite update had been applied.
     """
 
     def __init__(self) -> None:
         nan, inf = faults.get("train.nan_loss"), faults.get("train.inf_grad")
+        bad = faults.get("train.nan_weights")
+        self.weight_step = int(bad["at_step"]) if bad else None
         self.loss_steps = (
             set(range(int(nan["at_step"]), int(nan["at_step"]) + int(nan.get("times", 1)))) if nan else set()
         )
@@ -37,6 +40,13 @@ class InjectedFaults:
 
     def loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
         return loss * float("nan") if step in self.loss_steps else loss
+
+    def weights(self, step: int, module: torch.nn.Module) -> None:
+        if step == self.weight_step:
+            p = next(module.parameters())
+            local = getattr(p, "ds_tensor", None)
+            with torch.no_grad():
+                (local if local is not None else p).fill_(float("nan"))
 
     def outputs(self, step: int, pred: list[torch.Tensor]) -> list[torch.Tensor]:
         """Finite forward, infinite gradient: scale the incoming gradient of the model output by inf."""
@@ -101,4 +111,5 @@ class TrainStep:
             engine.step()
             if finite:  # samples counted once per sequence-parallel group
                 self.metrics.add(loss, out.per_stage, out.active_count, self.micro / self.sp, wait)
+        self.faults.weights(step, engine.module)
         return consumed, loss_bad
