@@ -501,12 +501,32 @@ class CheckpointManager:
         self._dump(state, "resumed", plan.step)
         return plan.step, int(plan.meta["samples_consumed"])
 
-    def save(self, state: TrainState, step: int, samples_consumed: int, nonfinite_skipped: int) -> Path:
-        """Write the checkpoint of `step` and prune to keep_last (collective: call on every rank)."""
+    def data_resume(self) -> Optional[dict]:
+        """The data position the planned checkpoint stores (per-bucket samples consumed, epoch unit), or
+        for a checkpoint without one the micro batch its samples were consumed with; None at step 0."""
+        meta = self.start.meta
+        if not meta:
+            return None
+        if meta.get("data_position"):
+            return meta["data_position"]
+        return {"micro_batch": int(meta["config"]["distributed"]["micro_batch_size"])}
+
+    def save(
+        self,
+        state: TrainState,
+        step: int,
+        samples_consumed: int,
+        nonfinite_skipped: int,
+        data_position: Optional[dict] = None,
+    ) -> Path:
+        """Write the checkpoint of `step` and prune to keep_last (collective: call on every rank).
+        `data_position`: the sampler's `position(samples_consumed)`, so a resume with another micro
+        batch continues every bucket exactly."""
         d = self.cfg_dict["distributed"]
         meta = {
             "step": step,
             "samples_consumed": samples_consumed,
+            "data_position": data_position,
             "world_size": self.world_size,
             "zero_stage": d["zero_stage"],
             "precision": d["precision"],

@@ -90,7 +90,8 @@ def train(
     state = build_state(cfg, sp, dp_size, ckpt)
     step, consumed = ckpt.restore(state)
 
-    batches = data.batches(rank=dp_rank, world_size=dp_size, start=consumed, device=device)
+    order = data.sampler(rank=dp_rank, world_size=dp_size, start=consumed, resume=ckpt.data_resume())
+    batches = data.batches(order=order, device=device)
     monitor = RunMonitor(cfg, rank, world, device, out_dir, data.dataset_meta(), data.latent_shape, step)
     train_step = TrainStep(
         cfg,
@@ -115,7 +116,7 @@ def train(
         monitor.after_step(step, state, nonfinite.total)
         save, stop = trigger.due(step, cfg.train.steps)
         if save:
-            ckpt.save(state, step, consumed, nonfinite.total)
+            ckpt.save(state, step, consumed, nonfinite.total, order.position(consumed))
             trigger.saved()
         if stop:
             if rank == 0:
