@@ -61,7 +61,13 @@ from dfm_video.checkpoints import (
     tag_for,
 )
 from dfm_video.train import state_dump
-from dfm_video.train.config_changes import apply_optim_changes, compare_configs, data_fingerprint, with_fingerprint
+from dfm_video.train.config_changes import (
+    apply_optim_changes,
+    compare_configs,
+    data_fingerprint,
+    stored_fingerprint,
+    with_fingerprint,
+)
 from dfm_video.train.engine import TrainState
 from dfm_video.train.nonfinite import NonFiniteWeightsError, local_weights_finite
 
@@ -107,8 +113,10 @@ def plan_start(
     zero_stage: int,
     overwrite: bool = False,
     allow_change: Sequence[str] = (),
+    num_samples: int = 0,
 ) -> StartPlan:
-    """Decide where to start; ValueError (before any process group) for every refused case."""
+    """Decide where to start; ValueError (before any process group) for every refused case.
+    `num_samples`: the data's size, to read a checkpoint's fingerprint in today's terms."""
     ckpt_root = out_dir / "checkpoints"
     if resume in ("none", ""):
         used = has_run_artifacts(out_dir)
@@ -140,7 +148,7 @@ def plan_start(
             "(the world size may change)"
         )
     changes = compare_configs(
-        with_fingerprint(meta["config"], meta.get("data_fingerprint", "<absent>")),
+        with_fingerprint(meta["config"], stored_fingerprint(meta, num_samples)),
         with_fingerprint(cfg_dict, fingerprint),
         allow_change,
         source=f"checkpoint {path}",
@@ -399,6 +407,7 @@ class CheckpointManager:
         self.root = self.out_dir / "checkpoints"
         self.cfg_dict, self.dataset_meta = cfg_dict, dataset_meta
         self.fingerprint = data_fingerprint(dataset_meta, num_samples)
+        self.num_samples = num_samples
         self.keep_last, self.lr = keep_last, lr
         self.start = StartPlan()
         self.rank, self.world_size = 0, 1
@@ -422,6 +431,7 @@ class CheckpointManager:
             zero_stage,
             overwrite=overwrite,
             allow_change=allow_change,
+            num_samples=self.num_samples,
         )
         return self.start
 
