@@ -60,6 +60,7 @@ from dfm_video.checkpoints import (
     step_of,
     tag_for,
 )
+from dfm_video.dir_lock import DirLock, LockHeld, describe
 from dfm_video.train import state_dump
 from dfm_video.train.config_changes import (
     apply_optim_changes,
@@ -75,6 +76,7 @@ log = logging.getLogger(__name__)
 
 RUN_ARTIFACTS = ("checkpoints", "metrics.jsonl", "tensorboard", "export", "config_history", "config.yaml")
 UNIVERSAL_DIR = ".universal"
+LOCK_FILE = ".lock"  # held by global rank 0 for the whole run (dfm_video/dir_lock.py)
 HYPERPARAMETERS = ("weight_decay", "betas", "eps")  # per param group, set from the config at start
 
 
@@ -439,6 +441,22 @@ class CheckpointManager:
         """Collective: check the folder is shared by every rank. Nothing of an old run is touched here:
         `--overwrite` deletes it in `restore`, once the engine is built (every early failure leaves it whole)."""
         self.rank, self.world_size = rank, world_size
+        held: Optional[str] = None
+        if rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = DirLock(self.out_dir / LOCK_FILE)
+            try:
+                stale = self._lock.acquire()
+                if stale:
+                    log.warning("%s: took over the lock of a trainer that died (%s)", self.out_dir, describe(stale))
+            except LockHeld as exc:
+                held = describe(exc.holder)
+        if not all_ranks_ok(held is None):
+            raise ValueError(
+                f"train.output_dir={self.out_dir} is in use by another trainer: {held or 'see rank 0'} "
+                f"(lock {self.out_dir / LOCK_FILE}). Two trainers would interleave saves and pruning: "
+                "stop the other one (a requeued job's predecessor may still hang) or pick another train.output_dir"
+            )
         check_shared_run_dir(self.out_dir, rank)
 
     def _begin(self) -> None:
