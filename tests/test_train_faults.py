@@ -4,10 +4,15 @@ demand are switched on through dfm_video.faults."""
 
 from __future__ import annotations
 
+import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from train_helpers import deepspeed_cmd, run
+from proc_helpers import kill_group, start_group
+from train_helpers import ROOT, cpu_env, deepspeed_cmd, read_metrics, run
 
 from dfm_video import faults
 
@@ -47,3 +52,54 @@ def test_a_checkpoint_of_non_finite_weights_never_becomes_latest(tiny_shards, tm
     ckpts = out / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step_00000002"
     assert (ckpts / "step_00000002" / "COMPLETE").is_file() and not list(ckpts.glob("step_00000004*"))
+
+
+def test_sigterm_inside_a_long_accumulation_step_saves_at_once(tiny_shards, tmp_path):
+    # 4 micro-steps per optimizer step, each held 2 s: the signal lands inside a step, which is abandoned
+    # (no update); the previous step is saved at once and the save time printed.
+    out = tmp_path / "term"
+    cmd = deepspeed_cmd(
+        _overrides(
+            tiny_shards,
+            out,
+            "train.steps=1000",
+            "train.ckpt_every=1000",
+            "distributed.global_batch_size=8",
+            "distributed.micro_batch_size=1",
+        )
+    )
+    env = {**cpu_env(), **faults.env(train__micro_step_pause=2.0)}
+    proc = start_group(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 400
+    while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(3.0)  # inside step 2's 8 s of micro-steps
+    sent = time.time()
+    kill_group(proc, signal.SIGTERM)
+    log = proc.communicate(timeout=120)[0]
+    took = time.time() - sent
+    last = max(read_metrics(out))
+    assert re.search(rf"SIGTERM: saved checkpoint at step {last} in [0-9.]+ s", log), log[-3000:]
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step_{last:08d}"
+    assert took < 60, took
+
+
+def test_a_second_trainer_on_a_run_folder_is_refused_naming_the_first(tiny_shards, tmp_path):
+    out = tmp_path / "busy"
+    first_cmd = deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=1000", "train.ckpt_every=1000"))
+    env = {**cpu_env(), **faults.env(train__micro_step_pause=1.0)}
+    first = start_group(first_cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 400
+        while not (out / "metrics.jsonl").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        r = run(deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=1000")))
+        assert r.returncode == 2, r.stderr[-3000:]
+        assert re.search(r"is in use by another trainer: pid \d+ on host \S+, started ", r.stderr), r.stderr[-2000:]
+        assert first.poll() is None  # the first run goes on
+    finally:
+        kill_group(first, signal.SIGKILL)
+        first.communicate(timeout=60)
+    r = run(deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=1")))  # the killed holder's lock is stale
+    assert r.returncode == 0, r.stderr[-3000:]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -106,21 +107,31 @@ def train(
     )
     nonfinite = NonFiniteSteps(cfg.train.max_nonfinite, rank)
     trigger = CheckpointTrigger(cfg.train.ckpt_every, cfg.train.ckpt_every_minutes, device)
+    train_step.stop_requested = trigger.stop_requested
 
     state.engine.train()
+    saved_step = step
     while step < cfg.train.steps:
         step += 1
         consumed, loss_bad = train_step(step, consumed)
-        if not nonfinite.after_step(step, state.engine, loss_bad):
-            state.ema.update()
-        monitor.after_step(step, state, nonfinite.total)
-        save, stop = trigger.due(step, cfg.train.steps)
+        if train_step.interrupted:  # SIGTERM inside the step: it is abandoned, step - 1 is what gets saved
+            step -= 1
+            save, stop = step != saved_step, True
+        else:
+            if not nonfinite.after_step(step, state.engine, loss_bad):
+                state.ema.update()
+            monitor.after_step(step, state, nonfinite.total)
+            save, stop = trigger.due(step, cfg.train.steps)
         if save:
+            t0 = time.monotonic()
             ckpt.save(state, step, consumed, nonfinite.total, order.position(consumed))
             trigger.saved()
+            saved_step, save_s = step, time.monotonic() - t0
+            if rank == 0 and stop:
+                log.info("SIGTERM: saved checkpoint at step %d in %.1f s", step, save_s)
         if stop:
             if rank == 0:
-                log.info("SIGTERM: saved checkpoint at step %d; stopping (resume with --resume auto)", step)
+                log.info("SIGTERM: stopping; step %d is saved (resume with --resume auto)", step)
             monitor.close(plot=False)
             trigger.close()
             dist.barrier()
