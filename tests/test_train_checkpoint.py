@@ -12,7 +12,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dfm_video.checkpoints import complete_tags, latest_tag, read_checkpoint_weights, read_ema, read_meta, tag_for
+from dfm_video.checkpoints import (
+    complete_tags,
+    latest_tag,
+    read_checkpoint_weights,
+    read_ema,
+    read_meta,
+    resolve_weights_source,
+    tag_for,
+    weights_step,
+)
 from dfm_video.config import config_to_dict, load_config
 from dfm_video.train.checkpoint import (
     CheckpointManager,
@@ -283,3 +292,18 @@ def test_the_data_fingerprint_ignores_bucket_paths_and_reads_older_checkpoints()
     older = {"data_fingerprint": legacy_data_fingerprint(meta, 9), "dataset_meta": meta}
     assert stored_fingerprint(older, 9) == data_fingerprint(moved, 9)
     assert stored_fingerprint({"data_fingerprint": "abc", "dataset_meta": meta}, 9) == "abc"
+
+
+def test_a_run_directory_means_its_newest_weights(tmp_path):
+    root = tmp_path / "checkpoints"
+    _fake_ckpt(root, 8)
+    _fake_ckpt(root, 16)
+    _point(root, 16)
+    export = tmp_path / "export"
+    export.mkdir()
+    save_file({"w": torch.zeros(3)}, str(export / "model.safetensors"), metadata={"step": "8"})
+    # an older export beside a newer checkpoint (a run resumed and extended): the checkpoint wins
+    assert resolve_weights_source(tmp_path) == root / "step_00000016"
+    assert weights_step(resolve_weights_source(tmp_path)) == 16
+    save_file({"w": torch.zeros(3)}, str(export / "model.safetensors"), metadata={"step": "16"})
+    assert resolve_weights_source(tmp_path) == export  # same step: the export (the same EMA, cheaper to load)
