@@ -25,6 +25,7 @@ from dfm_video.checkpoints import (
 from dfm_video.config import config_to_dict, load_config
 from dfm_video.train.checkpoint import (
     CheckpointManager,
+    clear_run,
     _atomic_write,
     _fsync_tree,
     plan_start,
@@ -307,3 +308,15 @@ def test_a_run_directory_means_its_newest_weights(tmp_path):
     assert weights_step(resolve_weights_source(tmp_path)) == 16
     save_file({"w": torch.zeros(3)}, str(export / "model.safetensors"), metadata={"step": "16"})
     assert resolve_weights_source(tmp_path) == export  # same step: the export (the same EMA, cheaper to load)
+
+
+def test_overwrite_clears_everything_a_run_wrote(tmp_path):
+    cfg = config_to_dict(load_config(None, [f"train.output_dir={tmp_path}"]))
+    record_config(tmp_path, cfg, 0, [])
+    for d in ("checkpoints", "tensorboard", "export", "wandb/run-1", "samples/step_8"):
+        (tmp_path / d).mkdir(parents=True)
+    for f in ("metrics.jsonl", "wandb_id.txt", "loss.png", "wandb/run-1/events", "notes.txt"):
+        (tmp_path / f).write_text("x")
+    assert plan_start(cfg, "abc", "none", tmp_path, 2, 2, overwrite=True).clear_first
+    clear_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # the user's own files stay

@@ -74,7 +74,20 @@ from dfm_video.train.nonfinite import NonFiniteWeightsError, local_weights_finit
 
 log = logging.getLogger(__name__)
 
-RUN_ARTIFACTS = ("checkpoints", "metrics.jsonl", "tensorboard", "export", "config_history", "config.yaml")
+# Everything a run writes into its folder (--overwrite removes all of it; an old W&B id would make the
+# new run append to the old W&B run, whose metrics hide the new ones until it passes the old last step).
+RUN_ARTIFACTS = (
+    "checkpoints",
+    "metrics.jsonl",
+    "tensorboard",
+    "export",
+    "config_history",
+    "config.yaml",
+    "wandb_id.txt",
+    "wandb",
+    "samples",
+    "loss.png",
+)
 UNIVERSAL_DIR = ".universal"
 LOCK_FILE = ".lock"  # held by global rank 0 for the whole run (dfm_video/dir_lock.py)
 HYPERPARAMETERS = ("weight_decay", "betas", "eps")  # per param group, set from the config at start
