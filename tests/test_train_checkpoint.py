@@ -25,9 +25,9 @@ from dfm_video.checkpoints import (
 from dfm_video.config import config_to_dict, load_config
 from dfm_video.train.checkpoint import (
     CheckpointManager,
-    clear_run,
     _atomic_write,
     _fsync_tree,
+    clear_run,
     plan_start,
     prune,
     record_config,
