@@ -103,3 +103,23 @@ def test_a_second_trainer_on_a_run_folder_is_refused_naming_the_first(tiny_shard
         first.communicate(timeout=60)
     r = run(deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=1")))  # the killed holder's lock is stale
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_a_world_size_conversion_is_done_before_the_process_group_and_kept_across_a_restart(tiny_shards, tmp_path):
+    out = tmp_path / "conv"
+    batch = ("distributed.global_batch_size=6", "distributed.micro_batch_size=3", "train.ckpt_every=2")
+    r = run(deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=2", *batch)))  # 2 ranks
+    assert r.returncode == 0, r.stderr[-3000:]
+    resume = deepspeed_cmd(_overrides(tiny_shards, out, "train.steps=3", *batch), nproc=1)
+    # killed right after the conversion, as a restart loop's first attempt would be
+    r = run(resume, env=faults.env(checkpoint__crash_after_conversion=True))
+    assert r.returncode != 0
+    assert (out / "checkpoints" / ".universal" / "step_00000002" / "CONVERTED").is_file()
+    measured = re.search(r"converted ([0-9.]+) GB in ([0-9.]+) s \(([0-9]+) s/GB\)", r.stdout)
+    assert measured, r.stdout[-3000:]
+    print(f"conversion: {measured.group(0)}")
+    r = run(resume)  # the restart reuses the finished conversion, loads it and removes it
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "reusing the universal checkpoint converted earlier" in r.stdout and "at step 2" in r.stdout
+    assert not (out / "checkpoints" / ".universal").exists()
+    assert sorted(read_metrics(out)) == [1, 2, 3]

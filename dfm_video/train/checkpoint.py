@@ -22,7 +22,10 @@ Another world size goes through DeepSpeed's universal checkpoints: rank 0 conver
 part with `python -m deepspeed.checkpoint.ds_to_universal` (a subprocess: the converter forks
 worker pools, which a process holding a process group should not do) into
 `<run>/checkpoints/.universal/<tag>/`, every rank loads it with `"load_universal": true`, and the
-folder is removed after the load. The EMA needs no conversion (whole tensors) and the sample
+folder is removed after the load. The conversion runs in `convert`, before any process group exists (an
+hours-long conversion under an open collective would hit its timeout), while the other ranks wait
+for its `CONVERTED` marker on the shared folder; a finished conversion is kept until a load
+succeeds, so a restart reuses it instead of converting again. The EMA needs no conversion (whole tensors) and the sample
 counter is world-size independent, so the data position carries over.
 
 Nothing written here is a pickle (meta.json is JSON, the EMA safetensors); DeepSpeed's own
@@ -35,6 +38,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -363,10 +367,20 @@ def universal_path(ckpt_root: Path, tag: str) -> Path:
     return Path(ckpt_root) / UNIVERSAL_DIR / tag
 
 
-def convert_to_universal(src: Path, dst: Path, zero_stage: int, timeout_s: float = 6 * 3600) -> None:
-    """Rank 0 only. ValueError with the converter's output tail if it fails."""
+CONVERTED = "CONVERTED"  # in a finished universal folder: a restart reuses it instead of converting again
+
+
+def convert_to_universal(src: Path, dst: Path, zero_stage: int, timeout_s: float = 6 * 3600) -> bool:
+    """Rank 0 only, before any process group. False when `dst` holds a finished conversion of `src`
+    (kept across restarts); ValueError with the converter's output tail if it fails.
+
+    Fault `checkpoint.crash_after_conversion` = true: SIGKILL this process once the conversion is done.
+    """
+    marker = dst / CONVERTED
+    if marker.is_file() and marker.read_text().strip() == str(src):
+        return False
     partial = dst.with_name(dst.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(partial, ignore_errors=True)  # the converter cannot continue a folder it did not finish
     shutil.rmtree(dst, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -386,7 +400,28 @@ def convert_to_universal(src: Path, dst: Path, zero_stage: int, timeout_s: float
     if r.returncode != 0:
         tail = (r.stdout[-1500:] + r.stderr[-1500:]).strip()
         raise ValueError(f"converting {src} to a universal checkpoint failed (exit {r.returncode}):\n{tail}")
+    _fsync_tree(partial)
+    _atomic_write(partial / CONVERTED, f"{src}\n")
     os.replace(partial, dst)
+    _fsync_path(dst.parent)
+    if faults.get("checkpoint.crash_after_conversion"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
+def wait_for_conversion(src: Path, dst: Path, timeout_s: float = 6 * 3600) -> None:
+    """Ranks other than 0, before any process group: wait until rank 0 has converted `src` (polls
+    the shared run folder; no collective is open meanwhile, so no collective timeout applies)."""
+    deadline = time.monotonic() + timeout_s
+    marker = dst / CONVERTED
+    while not (marker.is_file() and marker.read_text().strip() == str(src)):
+        if time.monotonic() > deadline:
+            raise ValueError(f"rank 0 did not convert {src} into {dst} within {timeout_s:.0f} s")
+        time.sleep(2.0)
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def remove_universal(ckpt_root: Path) -> None:
@@ -401,6 +436,7 @@ class CheckpointManager:
 
         ckpt = CheckpointManager(out_dir, cfg_dict, dataset_meta, num_samples, keep_last=K, lr=LR)
         ckpt.plan(resume, world_size, zero_stage, ...)  every rank, before any process group
+        ckpt.convert(rank)                              every rank, before any process group (world-size change)
         ckpt.open_run_dir(rank, world_size)             after init: the folder is shared by every rank
         ckpt.deepspeed_config(ds_config)                adds the universal-load setting when converting
         step, consumed = ckpt.restore(state)            after deepspeed.initialize: --overwrite, config_history,
@@ -449,6 +485,30 @@ class CheckpointManager:
             num_samples=self.num_samples,
         )
         return self.start
+
+    def convert(self, rank: int) -> None:
+        """After `plan`, before any process group: for another world size rank 0 converts the
+        checkpoint (a conversion of hours under an open collective would hit its timeout) while
+        the others wait on the shared folder; nothing to do otherwise."""
+        if not self.start.universal:
+            return
+        path, meta = self.start.checkpoint, self.start.meta
+        dst = universal_path(self.root, path.name)
+        if rank != 0:
+            wait_for_conversion(path, dst)
+            return
+        log.info(
+            "converting %s (world size %s, ZeRO-%s) to a universal checkpoint",
+            path,
+            meta["world_size"],
+            meta["zero_stage"],
+        )
+        t0 = time.monotonic()
+        if convert_to_universal(path, dst, int(meta["zero_stage"])):
+            seconds, gb = time.monotonic() - t0, _tree_bytes(path) / 1e9
+            log.info("converted %.3f GB in %.1f s (%.0f s/GB) into %s", gb, seconds, seconds / max(gb, 1e-9), dst)
+        else:
+            log.info("reusing the universal checkpoint converted earlier in %s", dst)
 
     def open_run_dir(self, rank: int, world_size: int) -> None:
         """Collective: check the folder is shared by every rank. Nothing of an old run is touched here:
@@ -500,26 +560,8 @@ class CheckpointManager:
         # group's weight decay (measured: the no-decay group came back with 0.01). Re-applied below.
         inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
         settings = [{k: g[k] for k in HYPERPARAMETERS if k in g} for g in inner.param_groups]
-        if plan.universal:
+        if plan.universal:  # converted in `plan`, before the process group
             dst = universal_path(self.root, path.name)
-            error: Optional[Exception] = None
-            if self.rank == 0:
-                log.info(
-                    "converting %s (world size %s, ZeRO-%s) to a universal checkpoint",
-                    path,
-                    plan.meta["world_size"],
-                    plan.meta["zero_stage"],
-                )
-                try:
-                    convert_to_universal(path, dst, int(plan.meta["zero_stage"]))
-                except Exception as exc:  # every rank must learn of it, or the others wait forever
-                    error = exc
-            if not all_ranks_ok(error is None):
-                raise (
-                    error
-                    if error is not None
-                    else ValueError(f"rank 0 could not convert {path} to a universal checkpoint")
-                )
             load_engine_state(engine, dst.parent, dst.name)
         else:
             load_engine_state(engine, path.parent, path.name)

@@ -81,6 +81,7 @@ def train(
         lr=cfg.optim.lr,
     )
     ckpt.plan(resume, int(os.environ.get("WORLD_SIZE", "1")), cfg.distributed.zero_stage, overwrite, allow_change)
+    ckpt.convert(int(os.environ.get("RANK", "0")))  # another world size: before any collective can time out
 
     # Process group, model and engine. Data parallelism runs across sequence-parallel groups:
     # batches, seeds and batch arithmetic use the group index (dp_rank) and count (dp_size).
