@@ -372,10 +372,7 @@ CONVERTED = "CONVERTED"  # in a finished universal folder: a restart reuses it i
 
 def convert_to_universal(src: Path, dst: Path, zero_stage: int, timeout_s: float = 6 * 3600) -> bool:
     """Rank 0 only, before any process group. False when `dst` holds a finished conversion of `src`
-    (kept across restarts); ValueError with the converter's output tail if it fails.
-
-    Fault `checkpoint.crash_after_conversion` = true: SIGKILL this process once the conversion is done.
-    """
+    (kept across restarts); ValueError with the converter's output tail if it fails."""
     marker = dst / CONVERTED
     if marker.is_file() and marker.read_text().strip() == str(src):
         return False
@@ -404,8 +401,6 @@ def convert_to_universal(src: Path, dst: Path, zero_stage: int, timeout_s: float
     _atomic_write(partial / CONVERTED, f"{src}\n")
     os.replace(partial, dst)
     _fsync_path(dst.parent)
-    if faults.get("checkpoint.crash_after_conversion"):
-        os.kill(os.getpid(), signal.SIGKILL)
     return True
 
 
@@ -489,7 +484,10 @@ class CheckpointManager:
     def convert(self, rank: int) -> None:
         """After `plan`, before any process group: for another world size rank 0 converts the
         checkpoint (a conversion of hours under an open collective would hit its timeout) while
-        the others wait on the shared folder; nothing to do otherwise."""
+        the others wait on the shared folder; nothing to do otherwise.
+
+        Fault `checkpoint.crash_after_conversion` = true: SIGKILL rank 0 once the conversion is done
+        (as a restart loop's attempt killed before its load would be)."""
         if not self.start.universal:
             return
         path, meta = self.start.checkpoint, self.start.meta
@@ -509,6 +507,8 @@ class CheckpointManager:
             log.info("converted %.3f GB in %.1f s (%.0f s/GB) into %s", gb, seconds, seconds / max(gb, 1e-9), dst)
         else:
             log.info("reusing the universal checkpoint converted earlier in %s", dst)
+        if faults.get("checkpoint.crash_after_conversion"):
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def open_run_dir(self, rank: int, world_size: int) -> None:
         """Collective: check the folder is shared by every rank. Nothing of an old run is touched here:
