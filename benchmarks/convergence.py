@@ -93,7 +93,7 @@ PRESETS = {
 
 
 def method_config(preset: Preset, shards: str, method: str, seed: int) -> Config:
-    extra = [f"data.shards={shards}", "data.num_workers=0", f"train.seed={seed}", "distributed.zero_stage=0"]
+    extra = [f"data.shards={shards}", "data.num_workers=0", f"train.seed={seed}"]
     extra += [f"sample.steps=[{preset.dfm_steps[0]},{preset.dfm_steps[1]}]"]
     cfg = load_config(None, list(preset.overrides) + extra)
     return single_stage(cfg) if method == "fm" else cfg

@@ -141,20 +141,33 @@ def load_file_metadata(src: Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
+def weights_step(src: Path) -> int:
+    """The training step of an export (its safetensors metadata) or a complete checkpoint folder."""
+    src = Path(src)
+    if (src / WEIGHTS).is_file():
+        return int(load_file_metadata(src).get("step", 0))
+    return int(read_meta(src)["step"])
+
+
 def resolve_weights_source(path: str | Path) -> Path:
-    """The folder whose weights a path means: an export or complete checkpoint folder itself; a run
-    directory's export (else its latest checkpoint); a checkpoints root's latest checkpoint."""
+    """The folder whose weights a path means: an export or complete checkpoint folder itself; for a
+    run directory the newest of its export and its latest checkpoint (by training step; the export
+    on a tie, as it holds the same EMA weights); a checkpoints root's latest checkpoint."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"--checkpoint {path}: no such file or directory")
     if (path / WEIGHTS).is_file() or (path / COMPLETE).is_file():
         return path
+    candidates = []
     if (path / "export" / WEIGHTS).is_file():
-        return path / "export"
+        candidates.append(path / "export")
     for root in (path / "checkpoints", path):
         tag = latest_tag(root)
         if tag is not None:
-            return root / tag
+            candidates.append(root / tag)
+            break
+    if candidates:
+        return max(candidates, key=lambda c: (weights_step(c), (c / WEIGHTS).is_file()))
     raise ValueError(
         f"--checkpoint {path}: not an export folder ({WEIGHTS}), a complete checkpoint folder ({COMPLETE}) "
         "or a run directory holding either"

@@ -111,6 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if "samples" not in report:  # ranks > 0: rank 0 prints the summary
         return 0
+    print(f"weights: {report['checkpoint']} (step {report['step']})")
     print(
         f"{report['num_samples']} samples in {Path(args.out)} "
         f"({report['written']} written now, {report['skipped']} existed; "

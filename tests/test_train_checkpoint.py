@@ -12,18 +12,34 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dfm_video.checkpoints import complete_tags, latest_tag, read_checkpoint_weights, read_ema, read_meta, tag_for
+from dfm_video.checkpoints import (
+    complete_tags,
+    latest_tag,
+    read_checkpoint_weights,
+    read_ema,
+    read_meta,
+    resolve_weights_source,
+    tag_for,
+    weights_step,
+)
 from dfm_video.config import config_to_dict, load_config
 from dfm_video.train.checkpoint import (
     CheckpointManager,
     _atomic_write,
     _fsync_tree,
+    clear_run,
     plan_start,
     prune,
     record_config,
     remove_dir,
 )
-from dfm_video.train.config_changes import apply_optim_changes, compare_configs
+from dfm_video.train.config_changes import (
+    apply_optim_changes,
+    compare_configs,
+    data_fingerprint,
+    legacy_data_fingerprint,
+    stored_fingerprint,
+)
 from dfm_video.train.ds_config import build_deepspeed_config
 
 
@@ -130,12 +146,12 @@ def test_config_changes_are_sorted_into_refused_logged_and_allowed():
     bad = config_to_dict(
         load_config(
             None,
-            ["optim.lr=1e-4", "model.depth=3", "train.seed=5", "distributed.global_batch_size=512", "data.shards=x"],
+            ["optim.lr=1e-4", "model.depth=3", "train.seed=5", "distributed.global_batch_size=512"],
         )
     )
     with pytest.raises(ValueError) as e:
         compare_configs(old, bad)
-    for key in ("model.depth", "train.seed", "distributed.global_batch_size", "data.shards"):
+    for key in ("model.depth", "train.seed", "distributed.global_batch_size"):
         assert key in str(e.value)
     lr = config_to_dict(load_config(None, ["optim.lr=3e-4", "optim.warmup_steps=9"]))
     with pytest.raises(ValueError, match="--allow-change optim.lr"):
@@ -243,3 +259,64 @@ def test_fsync_helpers_run_on_real_files(tmp_path):
     _atomic_write(tmp_path / "latest", "step_00000008\n")
     assert latest_tag(tmp_path) == "step_00000008" and not (tmp_path / "latest.tmp").exists()
     assert os.stat(tmp_path / "latest").st_size == len("step_00000008\n")
+
+
+def test_config_keys_are_classified_by_what_they_change(tmp_path):
+    base = ["optim.lr=1e-4", "data.shards=/mnt/a/shards"]
+    # train.steps under a constant schedule changes only where the run ends: harmless
+    const = config_to_dict(load_config(None, [*base, "optim.schedule=constant"]))
+    longer = config_to_dict(load_config(None, [*base, "optim.schedule=constant", "train.steps=999"]))
+    assert compare_configs(const, longer) == [f"train.steps: {const['train']['steps']} -> 999 (harmless)"]
+    # under cosine it sets the decay span: extending a finished run would jump the LR off its floor
+    cos = config_to_dict(load_config(None, [*base, "optim.schedule=cosine"]))
+    cos_longer = config_to_dict(load_config(None, [*base, "optim.schedule=cosine", "train.steps=999"]))
+    with pytest.raises(ValueError, match="train.steps: .* -> 999 .*cosine decay span.*--allow-change train.steps"):
+        compare_configs(cos, cos_longer)
+    assert "allowed by --allow-change" in compare_configs(cos, cos_longer, allow=["train.steps"])[0]
+    # where the data is mounted is harmless (the fingerprint checks the content), for one dataset or a mix
+    moved = config_to_dict(load_config(None, ["optim.lr=1e-4", "data.shards=/cluster/b/shards"]))
+    assert compare_configs(config_to_dict(load_config(None, base)), moved)[0].endswith("(harmless)")
+    mix = [{"shards": "/mnt/a/x", "weight": 0.7}, {"shards": "/mnt/a/y", "weight": 0.3}]
+    old = config_to_dict(load_config(None, ["optim.lr=1e-4"]))
+    old["data"] = {**old["data"], "shards": "", "mix": mix}
+    new = {**old, "data": {**old["data"], "mix": [{**m, "shards": m["shards"].replace("/mnt/a", "/c")} for m in mix]}}
+    assert compare_configs(old, new)[0].endswith("(harmless)")
+    reweighted = {**old, "data": {**old["data"], "mix": [{**mix[0], "weight": 0.5}, mix[1]]}}
+    with pytest.raises(ValueError, match="data.mix: .*would corrupt"):
+        compare_configs(old, reweighted)
+
+
+def test_the_data_fingerprint_ignores_bucket_paths_and_reads_older_checkpoints():
+    meta = {"source": "/a", "labels": ["x"], "buckets": [{"name": "b0", "source": "/a/b0", "stats": [1.0]}]}
+    moved = {"source": "/c", "labels": ["x"], "buckets": [{"name": "b0", "source": "/c/b0", "stats": [1.0]}]}
+    assert data_fingerprint(meta, 9) == data_fingerprint(moved, 9) != data_fingerprint(meta, 10)
+    older = {"data_fingerprint": legacy_data_fingerprint(meta, 9), "dataset_meta": meta}
+    assert stored_fingerprint(older, 9) == data_fingerprint(moved, 9)
+    assert stored_fingerprint({"data_fingerprint": "abc", "dataset_meta": meta}, 9) == "abc"
+
+
+def test_a_run_directory_means_its_newest_weights(tmp_path):
+    root = tmp_path / "checkpoints"
+    _fake_ckpt(root, 8)
+    _fake_ckpt(root, 16)
+    _point(root, 16)
+    export = tmp_path / "export"
+    export.mkdir()
+    save_file({"w": torch.zeros(3)}, str(export / "model.safetensors"), metadata={"step": "8"})
+    # an older export beside a newer checkpoint (a run resumed and extended): the checkpoint wins
+    assert resolve_weights_source(tmp_path) == root / "step_00000016"
+    assert weights_step(resolve_weights_source(tmp_path)) == 16
+    save_file({"w": torch.zeros(3)}, str(export / "model.safetensors"), metadata={"step": "16"})
+    assert resolve_weights_source(tmp_path) == export  # same step: the export (the same EMA, cheaper to load)
+
+
+def test_overwrite_clears_everything_a_run_wrote(tmp_path):
+    cfg = config_to_dict(load_config(None, [f"train.output_dir={tmp_path}"]))
+    record_config(tmp_path, cfg, 0, [])
+    for d in ("checkpoints", "tensorboard", "export", "wandb/run-1", "samples/step_8"):
+        (tmp_path / d).mkdir(parents=True)
+    for f in ("metrics.jsonl", "wandb_id.txt", "loss.png", "wandb/run-1/events", "notes.txt"):
+        (tmp_path / f).write_text("x")
+    assert plan_start(cfg, "abc", "none", tmp_path, 2, 2, overwrite=True).clear_first
+    clear_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # the user's own files stay

@@ -237,8 +237,14 @@ def validate(cfg: Config, source: str = "<config>") -> None:
     if s.cfg_interval is not None and not 0.0 <= s.cfg_interval[0] <= s.cfg_interval[1] <= 1.0:
         fail("sample.cfg_interval", f"expected 0 <= a <= b <= 1, got {list(s.cfg_interval)}")
     z = cfg.distributed
-    if z.zero_stage not in (0, 1, 2, 3):
-        fail("distributed.zero_stage", f"expected 0, 1, 2 or 3, got {z.zero_stage}")
+    if z.zero_stage not in (1, 2, 3):
+        # ZeRO-0 is refused here, before any process group or deletion: with bf16 DeepSpeed 0.19.8 raises
+        # inside initialize, and with fp32 its plain optimizer applies non-finite steps instead of skipping them.
+        fail(
+            "distributed.zero_stage",
+            f"expected 1, 2 or 3, got {z.zero_stage} (ZeRO-0 is not supported: bf16 fails in DeepSpeed's "
+            "initialize and fp32 applies NaN steps; use 1, which partitions only the optimizer state)",
+        )
     if z.micro_batch_size < 1 or z.global_batch_size < 1:
         fail("distributed.micro_batch_size", "batch sizes must be positive")
     if z.sequence_parallel < 1:

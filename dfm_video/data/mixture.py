@@ -37,7 +37,7 @@ import bisect
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -101,28 +101,48 @@ class TrainingData:
         """Every bucket's samples end to end (its length enters the run's data fingerprint)."""
         return MixedDataset([b.dataset for b in self.buckets])
 
-    def sampler(self, *, rank: int, world_size: int, start: int) -> ResumableSampler:
+    def sampler(
+        self, *, rank: int, world_size: int, start: int, resume: Optional[dict[str, Any]] = None
+    ) -> ResumableSampler:
+        """This rank's order from global sample `start`. `resume`: the checkpoint's data position
+        (`ResumableSampler.position`), or {"micro_batch": M} for one that holds only the micro batch
+        its samples were consumed with; None at a fresh start."""
         d = self.cfg.distributed
+        sizes = [len(b.dataset) for b in self.buckets]
+        common = dict(global_batch=d.global_batch_size, seed=self.cfg.train.seed, shuffle=self.cfg.data.shuffle)
+        resume = dict(resume or {})
+        if "micro_batch" in resume:  # replay the schedule at the micro batch the samples were consumed with
+            old = int(resume.pop("micro_batch"))
+            resume = ResumableSampler(sizes, self.shares, micro_batch=old, rank=0, world_size=1, **common).position(
+                start
+            )
         return ResumableSampler(
-            [len(b.dataset) for b in self.buckets],
+            sizes,
             self.shares,
-            global_batch=d.global_batch_size,
             micro_batch=d.micro_batch_size,
             rank=rank,
             world_size=world_size,
-            seed=self.cfg.train.seed,
-            shuffle=self.cfg.data.shuffle,
             start=start,
+            positions=resume.get("positions"),
+            epoch_unit=resume.get("epoch_unit"),
+            **common,
         )
 
     def batches(
-        self, *, rank: int, world_size: int, start: int, device: torch.device
+        self,
+        *,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+        order: Optional[ResumableSampler] = None,
     ) -> Iterator[tuple[list[Tensor], Tensor]]:
-        """Endless micro-batches for this rank from global sample position `start` (one bucket each)."""
+        """Endless micro-batches for this rank from global sample position `start` (one bucket each),
+        or in the given `order` (`sampler(...)`)."""
         workers = self.cfg.data.num_workers
         loader = DataLoader(
             self.dataset,
-            batch_sampler=self.sampler(rank=rank, world_size=world_size, start=start),
+            batch_sampler=order or self.sampler(rank=rank, world_size=world_size, start=start),
             num_workers=workers,
             collate_fn=_collate,
             pin_memory=device.type == "cuda",

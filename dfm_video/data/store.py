@@ -22,7 +22,6 @@ so they stay exact however many runs produced the shards.
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import hashlib
 import logging
 import os
@@ -40,8 +39,10 @@ from dfm_video.config.schema import Config
 from dfm_video.data import schema as S
 from dfm_video.dfm.pyramid import recompose
 from dfm_video.dfm.standardize import LevelMoments
+from dfm_video.dir_lock import DirLock, LockHeld, describe
 
 SOURCE_REJECTS = "part-source.parquet"  # rewritten by every run from its input listing
+log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
 log = logging.getLogger(__name__)
 
@@ -158,21 +159,23 @@ class DatasetStore:
             probe.unlink()
         except OSError as exc:
             raise ValueError(f"preprocess.output_dir '{path}' is not writable: {exc}") from exc
-        self._lock = open(self.root / LOCK_FILE, "w")
+        self._lock = DirLock(self.root / LOCK_FILE)
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            self._lock.close()
+            stale = self._lock.acquire()
+        except LockHeld as exc:
             raise ValueError(
-                f"preprocess.output_dir '{path}' is in use by another preprocess run (lock {LOCK_FILE})"
+                f"preprocess.output_dir '{path}' is in use by another preprocess run: {describe(exc.holder)} "
+                f"(lock {exc.path}); wait for it or stop it"
             ) from exc
+        if stale:
+            log.warning("preprocess.output_dir '%s': took over the lock of a run that died (%s)", path, describe(stale))
         # Leftovers of a killed run: incomplete by construction, never listed, safe to delete.
         for sub in (self.root / S.SHARD_DIR, self.root / S.REJECTS_DIR, self.root):
             for p in sub.glob(f"{S.TMP_PREFIX}*"):
                 p.unlink(missing_ok=True)
 
     def close(self) -> None:
-        self._lock.close()
+        self._lock.release()
 
     def check_compatible(self, cfg: Config, labels: list[str], autoencoder: dict[str, Any]) -> None:
         """Refuse to add shards made with different content settings, labels or codec."""

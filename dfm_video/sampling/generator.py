@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from dfm_video.checkpoints import read_weights, resolve_weights_source
+from dfm_video.checkpoints import read_weights, resolve_weights_source, weights_step
 from dfm_video.config import Config
 from dfm_video.dfm import LevelStats, destandardize, euler_sample, level_shapes, recompose, sampling_schedule
 from dfm_video.media import to_uint8, write_mp4, write_png
@@ -38,6 +38,8 @@ class Generator:
     source: Path
     weights_sha256: str = ""
     """Digest of the loaded weights (names, dtypes, shapes, bytes): the same for an export and its checkpoint."""
+    step: int = 0
+    """The training step of the loaded weights."""
     graphed: Optional[GraphedForward] = field(default=None, repr=False, compare=False)
     """The model's CUDA-graph replays (`sample.cuda_graphs`), kept across `generate` calls."""
 
@@ -66,7 +68,9 @@ def load_generator(
     model.load_state_dict(weights)
     model.to(device=device, dtype=dtype).eval()
     meta = dict(meta, autoencoder=resolve_codec(meta["autoencoder"], src, autoencoder_path))
-    return Generator(model=model, cfg=cfg, meta=meta, source=src, weights_sha256=weights_digest(weights))
+    return Generator(
+        model=model, cfg=cfg, meta=meta, source=src, weights_sha256=weights_digest(weights), step=weights_step(src)
+    )
 
 
 def resolve_labels(gen: Generator, label: Optional[str], class_id: Optional[int], num: int) -> list[int]:

@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         total_written, total_batches = launch.sum([written, len(mine)])
     finally:
         launch.stop()
-    report: dict[str, Any] = {"checkpoint": str(gen.source), "rank": launch.rank, "written": written}
+    report: dict[str, Any] = {"checkpoint": str(gen.source), "step": gen.step, "rank": launch.rank, "written": written}
     if launch.rank != 0:
         return report
     missing = [p.name for p in paths if not p.is_file()]

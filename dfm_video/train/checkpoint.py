@@ -22,7 +22,10 @@ Another world size goes through DeepSpeed's universal checkpoints: rank 0 conver
 part with `python -m deepspeed.checkpoint.ds_to_universal` (a subprocess: the converter forks
 worker pools, which a process holding a process group should not do) into
 `<run>/checkpoints/.universal/<tag>/`, every rank loads it with `"load_universal": true`, and the
-folder is removed after the load. The EMA needs no conversion (whole tensors) and the sample
+folder is removed after the load. The conversion runs in `convert`, before any process group exists (an
+hours-long conversion under an open collective would hit its timeout), while the other ranks wait
+for its `CONVERTED` marker on the shared folder; a finished conversion is kept until a load
+succeeds, so a restart reuses it instead of converting again. The EMA needs no conversion (whole tensors) and the sample
 counter is world-size independent, so the data position carries over.
 
 Nothing written here is a pickle (meta.json is JSON, the EMA safetensors); DeepSpeed's own
@@ -35,6 +38,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -60,14 +64,36 @@ from dfm_video.checkpoints import (
     step_of,
     tag_for,
 )
+from dfm_video.dir_lock import DirLock, LockHeld, describe
 from dfm_video.train import state_dump
-from dfm_video.train.config_changes import apply_optim_changes, compare_configs, data_fingerprint, with_fingerprint
+from dfm_video.train.config_changes import (
+    apply_optim_changes,
+    compare_configs,
+    data_fingerprint,
+    stored_fingerprint,
+    with_fingerprint,
+)
 from dfm_video.train.engine import TrainState
+from dfm_video.train.nonfinite import NonFiniteWeightsError, local_weights_finite
 
 log = logging.getLogger(__name__)
 
-RUN_ARTIFACTS = ("checkpoints", "metrics.jsonl", "tensorboard", "export", "config_history", "config.yaml")
+# Everything a run writes into its folder (--overwrite removes all of it; an old W&B id would make the
+# new run append to the old W&B run, whose metrics hide the new ones until it passes the old last step).
+RUN_ARTIFACTS = (
+    "checkpoints",
+    "metrics.jsonl",
+    "tensorboard",
+    "export",
+    "config_history",
+    "config.yaml",
+    "wandb_id.txt",
+    "wandb",
+    "samples",
+    "loss.png",
+)
 UNIVERSAL_DIR = ".universal"
+LOCK_FILE = ".lock"  # held by global rank 0 for the whole run (dfm_video/dir_lock.py)
 HYPERPARAMETERS = ("weight_decay", "betas", "eps")  # per param group, set from the config at start
 
 
@@ -106,8 +132,10 @@ def plan_start(
     zero_stage: int,
     overwrite: bool = False,
     allow_change: Sequence[str] = (),
+    num_samples: int = 0,
 ) -> StartPlan:
-    """Decide where to start; ValueError (before any process group) for every refused case."""
+    """Decide where to start; ValueError (before any process group) for every refused case.
+    `num_samples`: the data's size, to read a checkpoint's fingerprint in today's terms."""
     ckpt_root = out_dir / "checkpoints"
     if resume in ("none", ""):
         used = has_run_artifacts(out_dir)
@@ -139,7 +167,7 @@ def plan_start(
             "(the world size may change)"
         )
     changes = compare_configs(
-        with_fingerprint(meta["config"], meta.get("data_fingerprint", "<absent>")),
+        with_fingerprint(meta["config"], stored_fingerprint(meta, num_samples)),
         with_fingerprint(cfg_dict, fingerprint),
         allow_change,
         source=f"checkpoint {path}",
@@ -282,11 +310,20 @@ def check_shared_run_dir(out_dir: Path, rank: int) -> None:
 
 def save_checkpoint(engine: Any, root: Path, step: int, meta: dict, ema: Any, keep_last: int, rank: int) -> Path:
     """Write a complete checkpoint for `step` (collective: call on every rank). `meta` must be JSON-able.
+    NonFiniteWeightsError, before anything is written, when any rank's weights are not finite.
 
     Fault `checkpoint.save_pause` = {"step": N, "seconds": S}: at the save of step N, rank 0 sleeps
     S seconds after every file is written and before `COMPLETE`, a window to SIGKILL a save in flight.
     """
     tag = tag_for(step)
+    if not all_ranks_ok(local_weights_finite(engine.module)):
+        # A checkpoint of NaN weights would become `latest` and pruning would delete the good ones.
+        kept = latest_tag(root) if rank == 0 else None
+        raise NonFiniteWeightsError(
+            f"step {step}: the model weights hold NaN or inf; no checkpoint was written and "
+            f"{root / 'latest'} still names {kept or 'nothing'}: resume from it (--resume auto), "
+            "e.g. with a lower optim.lr or optim.grad_clip"
+        )
     partial = root / (tag + ".partial")
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
@@ -330,10 +367,17 @@ def universal_path(ckpt_root: Path, tag: str) -> Path:
     return Path(ckpt_root) / UNIVERSAL_DIR / tag
 
 
-def convert_to_universal(src: Path, dst: Path, zero_stage: int, timeout_s: float = 6 * 3600) -> None:
-    """Rank 0 only. ValueError with the converter's output tail if it fails."""
+CONVERTED = "CONVERTED"  # in a finished universal folder: a restart reuses it instead of converting again
+
+
+def convert_to_universal(src: Path, dst: Path, zero_stage: int, timeout_s: float = 6 * 3600) -> bool:
+    """Rank 0 only, before any process group. False when `dst` holds a finished conversion of `src`
+    (kept across restarts); ValueError with the converter's output tail if it fails."""
+    marker = dst / CONVERTED
+    if marker.is_file() and marker.read_text().strip() == str(src):
+        return False
     partial = dst.with_name(dst.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(partial, ignore_errors=True)  # the converter cannot continue a folder it did not finish
     shutil.rmtree(dst, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -353,7 +397,26 @@ def convert_to_universal(src: Path, dst: Path, zero_stage: int, timeout_s: float
     if r.returncode != 0:
         tail = (r.stdout[-1500:] + r.stderr[-1500:]).strip()
         raise ValueError(f"converting {src} to a universal checkpoint failed (exit {r.returncode}):\n{tail}")
+    _fsync_tree(partial)
+    _atomic_write(partial / CONVERTED, f"{src}\n")
     os.replace(partial, dst)
+    _fsync_path(dst.parent)
+    return True
+
+
+def wait_for_conversion(src: Path, dst: Path, timeout_s: float = 6 * 3600) -> None:
+    """Ranks other than 0, before any process group: wait until rank 0 has converted `src` (polls
+    the shared run folder; no collective is open meanwhile, so no collective timeout applies)."""
+    deadline = time.monotonic() + timeout_s
+    marker = dst / CONVERTED
+    while not (marker.is_file() and marker.read_text().strip() == str(src)):
+        if time.monotonic() > deadline:
+            raise ValueError(f"rank 0 did not convert {src} into {dst} within {timeout_s:.0f} s")
+        time.sleep(2.0)
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def remove_universal(ckpt_root: Path) -> None:
@@ -368,9 +431,11 @@ class CheckpointManager:
 
         ckpt = CheckpointManager(out_dir, cfg_dict, dataset_meta, num_samples, keep_last=K, lr=LR)
         ckpt.plan(resume, world_size, zero_stage, ...)  every rank, before any process group
-        ckpt.open_run_dir(rank, world_size)             after init: --overwrite, shared folder, config_history
+        ckpt.convert(rank)                              every rank, before any process group (world-size change)
+        ckpt.open_run_dir(rank, world_size)             after init: the folder is shared by every rank
         ckpt.deepspeed_config(ds_config)                adds the universal-load setting when converting
-        step, consumed = ckpt.restore(state)            after deepspeed.initialize; (0, 0) for a fresh run
+        step, consumed = ckpt.restore(state)            after deepspeed.initialize: --overwrite, config_history,
+                                                        the checkpoint's state; (0, 0) for a fresh run
         ckpt.save(state, step, samples_consumed, ...)   collective, at every checkpoint
 
     `num_samples` and `dataset_meta` make the data fingerprint a resume is checked against; `lr` is
@@ -388,6 +453,7 @@ class CheckpointManager:
         self.root = self.out_dir / "checkpoints"
         self.cfg_dict, self.dataset_meta = cfg_dict, dataset_meta
         self.fingerprint = data_fingerprint(dataset_meta, num_samples)
+        self.num_samples = num_samples
         self.keep_last, self.lr = keep_last, lr
         self.start = StartPlan()
         self.rank, self.world_size = 0, 1
@@ -411,17 +477,68 @@ class CheckpointManager:
             zero_stage,
             overwrite=overwrite,
             allow_change=allow_change,
+            num_samples=self.num_samples,
         )
         return self.start
 
+    def convert(self, rank: int) -> None:
+        """After `plan`, before any process group: for another world size rank 0 converts the
+        checkpoint (a conversion of hours under an open collective would hit its timeout) while
+        the others wait on the shared folder; nothing to do otherwise.
+
+        Fault `checkpoint.crash_after_conversion` = true: SIGKILL rank 0 once the conversion is done
+        (as a restart loop's attempt killed before its load would be)."""
+        if not self.start.universal:
+            return
+        path, meta = self.start.checkpoint, self.start.meta
+        dst = universal_path(self.root, path.name)
+        if rank != 0:
+            wait_for_conversion(path, dst)
+            return
+        log.info(
+            "converting %s (world size %s, ZeRO-%s) to a universal checkpoint",
+            path,
+            meta["world_size"],
+            meta["zero_stage"],
+        )
+        t0 = time.monotonic()
+        if convert_to_universal(path, dst, int(meta["zero_stage"])):
+            seconds, gb = time.monotonic() - t0, _tree_bytes(path) / 1e9
+            log.info("converted %.3f GB in %.1f s (%.0f s/GB) into %s", gb, seconds, seconds / max(gb, 1e-9), dst)
+        else:
+            log.info("reusing the universal checkpoint converted earlier in %s", dst)
+        if faults.get("checkpoint.crash_after_conversion"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def open_run_dir(self, rank: int, world_size: int) -> None:
-        """Collective: clear an overwritten run, check the folder is shared, record the config."""
+        """Collective: check the folder is shared by every rank. Nothing of an old run is touched here:
+        `--overwrite` deletes it in `restore`, once the engine is built (every early failure leaves it whole)."""
         self.rank, self.world_size = rank, world_size
-        if rank == 0 and self.start.clear_first:
-            log.info("--overwrite: removed %s from %s", ", ".join(clear_run(self.out_dir)), self.out_dir)
-        check_shared_run_dir(self.out_dir, rank)
+        held: Optional[str] = None
         if rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = DirLock(self.out_dir / LOCK_FILE)
+            try:
+                stale = self._lock.acquire()
+                if stale:
+                    log.warning("%s: took over the lock of a trainer that died (%s)", self.out_dir, describe(stale))
+            except LockHeld as exc:
+                held = describe(exc.holder)
+        if not all_ranks_ok(held is None):
+            raise ValueError(
+                f"train.output_dir={self.out_dir} is in use by another trainer: {held or 'see rank 0'} "
+                f"(lock {self.out_dir / LOCK_FILE}). Two trainers would interleave saves and pruning: "
+                "stop the other one (a requeued job's predecessor may still hang) or pick another train.output_dir"
+            )
+        check_shared_run_dir(self.out_dir, rank)
+
+    def _begin(self) -> None:
+        """Collective, after `deepspeed.initialize`: clear an overwritten run, record the config."""
+        if self.rank == 0:
+            if self.start.clear_first:
+                log.info("--overwrite: removed %s from %s", ", ".join(clear_run(self.out_dir)), self.out_dir)
             record_config(self.out_dir, self.cfg_dict, self.start.step, self.start.changes)
+        _barrier()
 
     def deepspeed_config(self, ds_config: dict) -> dict:
         """The DeepSpeed JSON, set to load a universal checkpoint when the plan converts one."""
@@ -430,7 +547,10 @@ class CheckpointManager:
         return ds_config
 
     def restore(self, state: TrainState) -> tuple[int, int]:
-        """Load the planned checkpoint into engine, EMA and scheduler; returns (step, samples consumed)."""
+        """Load the planned checkpoint into engine, EMA and scheduler; returns (step, samples consumed).
+
+        Call after the engine is built: a fresh `--overwrite` run deletes the old one only here."""
+        self._begin()
         path = self.start.checkpoint
         if path is None:
             return 0, 0
@@ -440,26 +560,8 @@ class CheckpointManager:
         # group's weight decay (measured: the no-decay group came back with 0.01). Re-applied below.
         inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
         settings = [{k: g[k] for k in HYPERPARAMETERS if k in g} for g in inner.param_groups]
-        if plan.universal:
+        if plan.universal:  # converted in `plan`, before the process group
             dst = universal_path(self.root, path.name)
-            error: Optional[Exception] = None
-            if self.rank == 0:
-                log.info(
-                    "converting %s (world size %s, ZeRO-%s) to a universal checkpoint",
-                    path,
-                    plan.meta["world_size"],
-                    plan.meta["zero_stage"],
-                )
-                try:
-                    convert_to_universal(path, dst, int(plan.meta["zero_stage"]))
-                except Exception as exc:  # every rank must learn of it, or the others wait forever
-                    error = exc
-            if not all_ranks_ok(error is None):
-                raise (
-                    error
-                    if error is not None
-                    else ValueError(f"rank 0 could not convert {path} to a universal checkpoint")
-                )
             load_engine_state(engine, dst.parent, dst.name)
         else:
             load_engine_state(engine, path.parent, path.name)
@@ -482,12 +584,32 @@ class CheckpointManager:
         self._dump(state, "resumed", plan.step)
         return plan.step, int(plan.meta["samples_consumed"])
 
-    def save(self, state: TrainState, step: int, samples_consumed: int, nonfinite_skipped: int) -> Path:
-        """Write the checkpoint of `step` and prune to keep_last (collective: call on every rank)."""
+    def data_resume(self) -> Optional[dict]:
+        """The data position the planned checkpoint stores (per-bucket samples consumed, epoch unit), or
+        for a checkpoint without one the micro batch its samples were consumed with; None at step 0."""
+        meta = self.start.meta
+        if not meta:
+            return None
+        if meta.get("data_position"):
+            return meta["data_position"]
+        return {"micro_batch": int(meta["config"]["distributed"]["micro_batch_size"])}
+
+    def save(
+        self,
+        state: TrainState,
+        step: int,
+        samples_consumed: int,
+        nonfinite_skipped: int,
+        data_position: Optional[dict] = None,
+    ) -> Path:
+        """Write the checkpoint of `step` and prune to keep_last (collective: call on every rank).
+        `data_position`: the sampler's `position(samples_consumed)`, so a resume with another micro
+        batch continues every bucket exactly."""
         d = self.cfg_dict["distributed"]
         meta = {
             "step": step,
             "samples_consumed": samples_consumed,
+            "data_position": data_position,
             "world_size": self.world_size,
             "zero_stage": d["zero_stage"],
             "precision": d["precision"],

@@ -30,6 +30,14 @@ class CheckpointTrigger:
         # Only set a flag: the save is collective and must happen between steps on every rank.
         self.sigterm = True
 
+    def stop_requested(self) -> bool:
+        """Whether any rank got SIGTERM (one tiny all-reduce): asked between micro-steps, so a long
+        accumulation step does not delay the save past the scheduler's kill."""
+        flag = torch.tensor([float(self.sigterm)], device=self.device)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag[0] > 0)
+
     def due(self, step: int, last_step: int) -> tuple[bool, bool]:
         """(save now, stop after saving). One tiny all-reduce: every rank decides the same."""
         timed = self.every_s > 0 and time.monotonic() - self.last >= self.every_s

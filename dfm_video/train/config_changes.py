@@ -1,10 +1,14 @@
 """What may change between a checkpoint and the run that resumes it (pure functions, no process group).
 
-On resume the checkpoint's stored config (meta.json) is compared with the new one, key by key:
+On resume the checkpoint's stored config (meta.json) is compared with the new one, key by key,
+each key classified by what it changes, not by its name:
 - corrupting changes (the model, the DFM objective, the data and its fingerprint, the global batch,
   the seed) are refused, with every difference listed: the weights, the data position or the
   random stream would no longer mean what they meant;
-- harmless ones (steps, logging, checkpoint cadence, micro batch, workers) are allowed and logged;
+- harmless ones (logging, checkpoint cadence, micro batch, workers, where the data is mounted:
+  `data.shards` and the `shards` of `data.mix` entries, since the fingerprint checks the content)
+  are allowed and logged; `train.steps` is harmless under a constant schedule, but under cosine it
+  sets the decay span (a finished run extended from its floor jumps back up), so it is deliberate there;
 - deliberate ones (learning rate and its schedule, clipping, EMA decay, precision) need
   `--allow-change KEY` (or a prefix such as `optim`) and then take effect (`apply_optim_changes`);
 - anything else is refused as a corrupting change unless allowed explicitly, so a new config field
@@ -21,7 +25,6 @@ from typing import Any, Iterable
 CORRUPTING = (
     "model.",
     "dfm.",
-    "data.shards",
     "data.mix",
     "data.shuffle",
     "data.fingerprint",
@@ -30,7 +33,7 @@ CORRUPTING = (
 )
 HARMLESS = (
     "name",
-    "train.steps",
+    "data.shards",  # a path: the data fingerprint compares the content, wherever it is mounted
     "train.log_every",
     "train.ckpt_every",
     "train.ckpt_every_minutes",
@@ -85,11 +88,36 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _without_sources(meta: Any) -> Any:
+    if isinstance(meta, dict):
+        return {k: _without_sources(v) for k, v in meta.items() if k != "source"}
+    if isinstance(meta, list):
+        return [_without_sources(v) for v in meta]
+    return meta
+
+
 def data_fingerprint(dataset_meta: dict, num_samples: int) -> str:
-    """What the data position means: sample count, labels, latent shape, statistics (not the path)."""
+    """What the data position means: sample count, labels, latent shape, statistics; no path, not
+    even a mix's per-bucket ones (a run may move to where the data is mounted elsewhere)."""
+    blob = json.dumps({"num_samples": num_samples, "meta": _without_sources(dataset_meta)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def legacy_data_fingerprint(dataset_meta: dict, num_samples: int) -> str:
+    """The fingerprint of checkpoints whose mix kept its bucket paths inside (only the top-level path dropped)."""
     keyed = {k: v for k, v in dataset_meta.items() if k != "source"}
     blob = json.dumps({"num_samples": num_samples, "meta": keyed}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def stored_fingerprint(meta: dict, num_samples: int) -> str:
+    """A checkpoint's data fingerprint in today's terms: one written with bucket paths inside is
+    recomputed from its stored dataset meta (when that meta is the one it was made from)."""
+    stored = meta.get("data_fingerprint", "<absent>")
+    old_meta = meta.get("dataset_meta")
+    if isinstance(old_meta, dict) and stored == legacy_data_fingerprint(old_meta, num_samples):
+        return data_fingerprint(old_meta, num_samples)
+    return stored
 
 
 def with_fingerprint(cfg_dict: dict, fingerprint: str) -> dict:
@@ -107,9 +135,22 @@ SAME_MATH = (
 )
 
 
-def classify(key: str) -> str:
+def _mix_without_paths(mix: Any) -> Any:
+    if not isinstance(mix, list):
+        return mix
+    return [{k: v for k, v in m.items() if k != "shards"} if isinstance(m, dict) else m for m in mix]
+
+
+def classify(key: str, old: dict | None = None, new: dict | None = None) -> str:
+    """The class of a change of `key` between the flat configs `old` and `new` (by its effect)."""
+    old, new = old or {}, new or {}
     if _matches(key, SAME_MATH):
         return "harmless"
+    if key == "train.steps":
+        cosine = "cosine" in (old.get("optim.schedule"), new.get("optim.schedule"))
+        return "deliberate" if cosine else "harmless"
+    if key == "data.mix" and _mix_without_paths(old.get(key)) == _mix_without_paths(new.get(key)):
+        return "harmless"  # only the buckets' paths moved
     if _matches(key, CORRUPTING):
         return "corrupting"
     if _matches(key, HARMLESS):
@@ -132,8 +173,10 @@ def compare_configs(old: dict, new: dict, allow: Iterable[str] = (), source: str
         va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
         if va == vb:
             continue
-        kind = classify(key)
+        kind = classify(key, a, b)
         line = f"{key}: {va!r} -> {vb!r}"
+        if key == "train.steps" and kind == "deliberate":
+            line += " (sets the cosine decay span: the LR follows the new span from this step on)"
         explicitly = any(key == x or key.startswith(x + ".") for x in allow)
         if kind == "harmless":
             accepted.append(f"{line} (harmless)")

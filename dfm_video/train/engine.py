@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from dfm_video import launch_env
+from dfm_video import faults, launch_env
 
 
 @dataclass
@@ -70,7 +70,12 @@ def create_engine(
     """Wrap model + client optimizer + scheduler; returns (engine, scheduler as DeepSpeed holds it).
 
     `mpu`: the sequence-parallel groups (dfm_video.parallel.groups) or None.
+
+    Fault `train.engine_init_error` = true: raise here, as a failing `deepspeed.initialize` would
+    (an out-of-memory, a bad override), to test that nothing of an old run is deleted before it.
     """
+    if faults.get("train.engine_init_error"):
+        raise RuntimeError("injected fault train.engine_init_error: deepspeed.initialize failed")
     deepspeed = import_deepspeed()
     engine, _, _, sched = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, mpu=mpu

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -22,6 +23,7 @@ from typing import Any, Optional, Sequence
 import torch
 from safetensors.torch import save_file
 
+from dfm_video import faults
 from dfm_video.autoencoders.diffusers_vae import resolve_vae_dir
 from dfm_video.checkpoints import AUTOENCODER, CONFIG, DATASET, WEIGHTS, load_file_metadata
 from dfm_video.config import Config, save_config
@@ -66,23 +68,68 @@ def export_weights(
     step: int,
     autoencoder: str = "config",
 ) -> Path:
-    """Write the export atomically (into a temp folder renamed at the end); `autoencoder`: what of
-    the codec to carry along (none / config / weights, see `bundle_autoencoder`)."""
+    """Write the export atomically; `autoencoder`: what of the codec to carry along (none / config /
+    weights, see `bundle_autoencoder`).
+
+    Crash-safe and self-healing: the files go into a fresh `<out>.tmp/` (a stale one from a killed
+    export is removed first), are fsynced, and replace `<out>` through `<out>.old`. A crash between
+    the two renames leaves only `<out>.old`, the previous complete export: the next export (or
+    `heal_export`) puts it back first, so no crash leaves the folder unusable or blocks a later export.
+
+    Fault `export.crash_between_renames` = true: SIGKILL this process after `<out>` became `<out>.old`.
+    """
     out_dir = Path(out_dir)
+    heal_export(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     bundle_autoencoder(dataset_meta.get("autoencoder") or {}, tmp, autoencoder)
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS), metadata={"step": str(step)})
     save_config(cfg, tmp / CONFIG)
     (tmp / DATASET).write_text(json.dumps(dataset_meta, indent=2))
+    _fsync_tree(tmp)
     if out_dir.exists():
         old = out_dir.with_name(out_dir.name + ".old")
         os.replace(out_dir, old)
+        if faults.get("export.crash_between_renames"):
+            os.kill(os.getpid(), signal.SIGKILL)
         os.replace(tmp, out_dir)
+        _fsync_path(out_dir.parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out_dir)
+    _fsync_path(out_dir.parent)
     return out_dir
+
+
+def heal_export(out_dir: Path) -> None:
+    """Finish what a crashed export left: `<out>.old` without `<out>` is the last complete export
+    (restored); beside a complete `<out>` it is a leftover (removed)."""
+    out_dir = Path(out_dir)
+    old = out_dir.with_name(out_dir.name + ".old")
+    if not old.exists():
+        return
+    if out_dir.exists():
+        shutil.rmtree(old)
+    else:
+        os.replace(old, out_dir)
+        log.warning("restored %s from %s (an export was interrupted between its renames)", out_dir, old)
+    _fsync_path(out_dir.parent)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            _fsync_path(Path(dirpath) / f)
+        _fsync_path(Path(dirpath))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

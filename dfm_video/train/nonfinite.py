@@ -23,6 +23,19 @@ class NonFiniteLossError(RuntimeError):
     """Raised after train.max_nonfinite consecutive skipped (non-finite) steps."""
 
 
+class NonFiniteWeightsError(NonFiniteLossError):
+    """Raised instead of saving a checkpoint whose weights hold NaN or inf (it would become `latest`)."""
+
+
+def local_weights_finite(module: torch.nn.Module) -> bool:
+    """Whether this rank's copy of the weights is finite: its ZeRO-3 partition, or the whole tensor."""
+    for p in module.parameters():
+        local = getattr(p, "ds_tensor", None)
+        if not bool(torch.isfinite(local if local is not None else p.detach()).all()):
+            return False
+    return True
+
+
 def all_finite(loss: torch.Tensor) -> bool:
     """One scalar sync per micro-step: every rank must agree, or ZeRO's collectives diverge."""
     flag = torch.isfinite(loss.detach()).to(torch.float32).view(1)

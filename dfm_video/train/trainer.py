@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -99,6 +100,7 @@ def train(
         lr=cfg.optim.lr,
     )
     ckpt.plan(resume, int(os.environ.get("WORLD_SIZE", "1")), cfg.distributed.zero_stage, overwrite, allow_change)
+    ckpt.convert(int(os.environ.get("RANK", "0")))  # another world size: before any collective can time out
     init = plan_init_from(cfg, ckpt.start.checkpoint)  # pretrained weights read and checked, None on resume
 
     # Process group, model and engine. Data parallelism runs across sequence-parallel groups:
@@ -111,7 +113,8 @@ def train(
     state = build_state(with_policy(cfg, memory.policy), ds_config, device, init)
     step, consumed = ckpt.restore(state)
 
-    batches = data.batches(rank=dp_rank, world_size=dp_size, start=consumed, device=device)
+    order = data.sampler(rank=dp_rank, world_size=dp_size, start=consumed, resume=ckpt.data_resume())
+    batches = data.batches(order=order, device=device)
     monitor = RunMonitor(cfg, rank, world, device, out_dir, data.dataset_meta(), data.latent_shape, step)
     train_step = TrainStep(
         cfg,
@@ -126,23 +129,33 @@ def train(
     )
     nonfinite = NonFiniteSteps(cfg.train.max_nonfinite, rank)
     trigger = CheckpointTrigger(cfg.train.ckpt_every, cfg.train.ckpt_every_minutes, device)
+    train_step.stop_requested = trigger.stop_requested
 
     state.engine.train()
+    saved_step = step
     while step < cfg.train.steps:
         step += 1
         consumed, loss_bad = train_step(step, consumed)
-        if not nonfinite.after_step(step, state.engine, loss_bad):
-            monitor.metrics.timers["ema"].start()
-            state.ema.update()
-            monitor.metrics.timers["ema"].stop()
-        monitor.after_step(step, state, nonfinite.total)
-        save, stop = trigger.due(step, cfg.train.steps)
+        if train_step.interrupted:  # SIGTERM inside the step: it is abandoned, step - 1 is what gets saved
+            step -= 1
+            save, stop = step != saved_step, True
+        else:
+            if not nonfinite.after_step(step, state.engine, loss_bad):
+                monitor.metrics.timers["ema"].start()
+                state.ema.update()
+                monitor.metrics.timers["ema"].stop()
+            monitor.after_step(step, state, nonfinite.total)
+            save, stop = trigger.due(step, cfg.train.steps)
         if save:
-            ckpt.save(state, step, consumed, nonfinite.total)
+            t0 = time.monotonic()
+            ckpt.save(state, step, consumed, nonfinite.total, order.position(consumed))
             trigger.saved()
+            saved_step, save_s = step, time.monotonic() - t0
+            if rank == 0 and stop:
+                log.info("SIGTERM: saved checkpoint at step %d in %.1f s", step, save_s)
         if stop:
             if rank == 0:
-                log.info("SIGTERM: saved checkpoint at step %d; stopping (resume with --resume auto)", step)
+                log.info("SIGTERM: stopping; step %d is saved (resume with --resume auto)", step)
             monitor.close(plot=False)
             trigger.close()
             dist.barrier()
