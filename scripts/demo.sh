@@ -47,8 +47,8 @@ fi
 
 # Pixel codec with patch 1: latents are RGB frames (3, 9, 32, 32), so the 2-level pyramid is a
 # true spatial frequency split (half-resolution image + detail). The DiT's patch (1, 8, 8) does
-# the spatial packing instead. (Patch (1, 4, 4) packed 4x4 pixels into 48 channels: its "pyramid"
-# averaged pixels 4 apart and left all within-patch detail to the fine stage; issue 14.)
+# the spatial packing instead. (A codec patch (1, 4, 4) would pack 4x4 pixels into 48 channels: its
+# "pyramid" would average pixels 4 apart and leave all within-patch detail to the fine stage.)
 echo "== 2/6 preprocess: Ray Data (embedded local Ray) -> pixel latents -> 2-level pyramid shards"
 quiet "$DIR/logs/preprocess.log" "$PY" -m data_pipeline.preprocess --config configs/preprocess/tiny.yaml \
   --set preprocess.input_dir="$DIR/clips" --set preprocess.output_dir="$DIR/shards" --set preprocess.progress=false \

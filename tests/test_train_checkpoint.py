@@ -23,16 +23,7 @@ from dfm_video.checkpoints import (
     weights_step,
 )
 from dfm_video.config import config_to_dict, load_config
-from dfm_video.train.checkpoint import (
-    CheckpointManager,
-    _atomic_write,
-    _fsync_tree,
-    clear_run,
-    plan_start,
-    prune,
-    record_config,
-    remove_dir,
-)
+from dfm_video.train.checkpoint import CheckpointManager, clear_run, plan_start, prune, record_config
 from dfm_video.train.config_changes import (
     apply_optim_changes,
     compare_configs,
@@ -41,6 +32,7 @@ from dfm_video.train.config_changes import (
     stored_fingerprint,
 )
 from dfm_video.train.ds_config import build_deepspeed_config
+from dfm_video.train.durable import atomic_write, fsync_tree, remove_dir
 
 
 def _fake_ckpt(
@@ -255,8 +247,8 @@ def test_deepspeed_json_settings_and_overrides():
 
 def test_fsync_helpers_run_on_real_files(tmp_path):
     _fake_ckpt(tmp_path, 8)
-    _fsync_tree(tmp_path)
-    _atomic_write(tmp_path / "latest", "step_00000008\n")
+    fsync_tree(tmp_path)
+    atomic_write(tmp_path / "latest", "step_00000008\n")
     assert latest_tag(tmp_path) == "step_00000008" and not (tmp_path / "latest.tmp").exists()
     assert os.stat(tmp_path / "latest").st_size == len("step_00000008\n")
 

@@ -39,8 +39,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -73,8 +71,17 @@ from dfm_video.train.config_changes import (
     stored_fingerprint,
     with_fingerprint,
 )
+from dfm_video.train.durable import atomic_write, fsync_path, fsync_tree, remove_dir
 from dfm_video.train.engine import TrainState
 from dfm_video.train.nonfinite import NonFiniteWeightsError, local_weights_finite
+from dfm_video.train.universal import (
+    convert_to_universal,
+    needs_universal,
+    remove_universal,
+    tree_bytes,
+    universal_path,
+    wait_for_conversion,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +99,6 @@ RUN_ARTIFACTS = (
     "samples",
     "loss.png",
 )
-UNIVERSAL_DIR = ".universal"
 LOCK_FILE = ".lock"  # held by global rank 0 for the whole run (dfm_video/dir_lock.py)
 HYPERPARAMETERS = ("weight_decay", "betas", "eps")  # per param group, set from the config at start
 
@@ -117,10 +123,6 @@ class StartPlan:
 
 def has_run_artifacts(out_dir: Path) -> list[str]:
     return [n for n in RUN_ARTIFACTS if (out_dir / n).exists()]
-
-
-def needs_universal(meta: dict, world_size: int, zero_stage: int) -> bool:
-    return int(meta["world_size"]) != world_size or int(meta["zero_stage"]) != zero_stage
 
 
 def plan_start(
@@ -179,44 +181,6 @@ def plan_start(
 
 
 # ---------------------------------------------------------------- files: atomic writes, removal, pruning
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(path: Path) -> None:
-    """fsync every file and folder under path (on a shared file system this flushes rank 0's view;
-    each writer's close() already pushed its own data)."""
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            _fsync_path(Path(dirpath) / f)
-        _fsync_path(Path(dirpath))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
-
-
-def remove_dir(path: Path) -> None:
-    """Delete a folder so that no crash leaves it half-deleted under a valid name."""
-    if not path.exists():
-        return
-    doomed = path.with_name(path.name + ".deleting")
-    shutil.rmtree(doomed, ignore_errors=True)
-    os.replace(path, doomed)
-    _fsync_path(path.parent)
-    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def prune(root: Path, keep_last: int, just_written: str) -> list[str]:
@@ -340,17 +304,17 @@ def save_checkpoint(engine: Any, root: Path, step: int, meta: dict, ema: Any, ke
         pause = faults.get("checkpoint.save_pause")
         if pause and int(pause["step"]) == step:
             time.sleep(float(pause["seconds"]))
-        _fsync_tree(partial)
+        fsync_tree(partial)
         with open(partial / COMPLETE, "w") as f:
             f.write(f"{step}\n")
             f.flush()
             os.fsync(f.fileno())
-        _fsync_path(partial)
+        fsync_path(partial)
         if (root / tag).exists():  # an earlier timeline's checkpoint of the same step (after a rollback)
             remove_dir(root / tag)
         os.replace(partial, root / tag)
-        _fsync_path(root)
-        _atomic_write(root / "latest", tag + "\n")
+        fsync_path(root)
+        atomic_write(root / "latest", tag + "\n")
         prune(root, keep_last, tag)
     _barrier()
     return root / tag
@@ -361,66 +325,6 @@ def load_engine_state(engine: Any, load_dir: Path, tag: str) -> None:
     load_path, _ = engine.load_checkpoint(str(load_dir), tag=tag)
     if load_path is None:
         raise ValueError(f"DeepSpeed could not load checkpoint {Path(load_dir) / tag}")
-
-
-def universal_path(ckpt_root: Path, tag: str) -> Path:
-    return Path(ckpt_root) / UNIVERSAL_DIR / tag
-
-
-CONVERTED = "CONVERTED"  # in a finished universal folder: a restart reuses it instead of converting again
-
-
-def convert_to_universal(src: Path, dst: Path, zero_stage: int, timeout_s: float = 6 * 3600) -> bool:
-    """Rank 0 only, before any process group. False when `dst` holds a finished conversion of `src`
-    (kept across restarts); ValueError with the converter's output tail if it fails."""
-    marker = dst / CONVERTED
-    if marker.is_file() and marker.read_text().strip() == str(src):
-        return False
-    partial = dst.with_name(dst.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # the converter cannot continue a folder it did not finish
-    shutil.rmtree(dst, ignore_errors=True)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "deepspeed.checkpoint.ds_to_universal",
-        "--input_folder",
-        str(src),
-        "--output_folder",
-        str(partial),
-    ]
-    if zero_stage <= 2:
-        # ZeRO 1-2 checkpoints of a plain module lack the universal_checkpoint_info the converter
-        # requires; the converter can add it (measured: weights and moments then load exactly).
-        cmd.append("--inject_missing_state")
-    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=timeout_s)
-    if r.returncode != 0:
-        tail = (r.stdout[-1500:] + r.stderr[-1500:]).strip()
-        raise ValueError(f"converting {src} to a universal checkpoint failed (exit {r.returncode}):\n{tail}")
-    _fsync_tree(partial)
-    _atomic_write(partial / CONVERTED, f"{src}\n")
-    os.replace(partial, dst)
-    _fsync_path(dst.parent)
-    return True
-
-
-def wait_for_conversion(src: Path, dst: Path, timeout_s: float = 6 * 3600) -> None:
-    """Ranks other than 0, before any process group: wait until rank 0 has converted `src` (polls
-    the shared run folder; no collective is open meanwhile, so no collective timeout applies)."""
-    deadline = time.monotonic() + timeout_s
-    marker = dst / CONVERTED
-    while not (marker.is_file() and marker.read_text().strip() == str(src)):
-        if time.monotonic() > deadline:
-            raise ValueError(f"rank 0 did not convert {src} into {dst} within {timeout_s:.0f} s")
-        time.sleep(2.0)
-
-
-def _tree_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
-def remove_universal(ckpt_root: Path) -> None:
-    shutil.rmtree(Path(ckpt_root) / UNIVERSAL_DIR, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the manager
@@ -503,7 +407,7 @@ class CheckpointManager:
         )
         t0 = time.monotonic()
         if convert_to_universal(path, dst, int(meta["zero_stage"])):
-            seconds, gb = time.monotonic() - t0, _tree_bytes(path) / 1e9
+            seconds, gb = time.monotonic() - t0, tree_bytes(path) / 1e9
             log.info("converted %.3f GB in %.1f s (%.0f s/GB) into %s", gb, seconds, seconds / max(gb, 1e-9), dst)
         else:
             log.info("reusing the universal checkpoint converted earlier in %s", dst)

@@ -28,6 +28,7 @@ from dfm_video.autoencoders.diffusers_vae import resolve_vae_dir
 from dfm_video.checkpoints import AUTOENCODER, CONFIG, DATASET, WEIGHTS, load_file_metadata
 from dfm_video.config import Config, save_config
 from dfm_video.sampling import load_generator  # the export is checked by loading it with the sampler's loader
+from dfm_video.train.durable import fsync_path, fsync_tree
 
 BUNDLE_CHOICES = ("none", "config", "weights")
 log = logging.getLogger(__name__)
@@ -87,18 +88,18 @@ def export_weights(
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS), metadata={"step": str(step)})
     save_config(cfg, tmp / CONFIG)
     (tmp / DATASET).write_text(json.dumps(dataset_meta, indent=2))
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     if out_dir.exists():
         old = out_dir.with_name(out_dir.name + ".old")
         os.replace(out_dir, old)
         if faults.get("export.crash_between_renames"):
             os.kill(os.getpid(), signal.SIGKILL)
         os.replace(tmp, out_dir)
-        _fsync_path(out_dir.parent)
+        fsync_path(out_dir.parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out_dir)
-    _fsync_path(out_dir.parent)
+    fsync_path(out_dir.parent)
     return out_dir
 
 
@@ -114,22 +115,7 @@ def heal_export(out_dir: Path) -> None:
     else:
         os.replace(old, out_dir)
         log.warning("restored %s from %s (an export was interrupted between its renames)", out_dir, old)
-    _fsync_path(out_dir.parent)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(path: Path) -> None:
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            _fsync_path(Path(dirpath) / f)
-        _fsync_path(Path(dirpath))
+    fsync_path(out_dir.parent)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
