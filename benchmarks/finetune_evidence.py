@@ -71,7 +71,7 @@ def ensure_shards(shards: Path, clips_per_source: int) -> Path:
 
 def demo_config(shards: Path, method: str, seed: int, extra: list[str]) -> Config:
     """configs/demo.yaml on `shards`, in one process: `dfm` (with the coarse upsampling) or `fm`."""
-    base = [f"data.shards={shards}", "data.num_workers=0", f"train.seed={seed}", "distributed.zero_stage=0"]
+    base = [f"data.shards={shards}", "data.num_workers=0", f"train.seed={seed}"]
     base += ["distributed.micro_batch_size=8", "distributed.global_batch_size=8"]  # the demo's (`--batch`)
     if method == "dfm":
         return load_config("demo.yaml", base + [UPSAMPLE] + extra)
