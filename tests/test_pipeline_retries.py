@@ -137,4 +137,7 @@ def test_writer_actor_killed_after_a_write_is_restarted_and_the_run_finishes(tmp
     assert console_errors(console) == [], console
     assert "preprocess: 5 ok" in res.stdout
     logs = list((out / "logs").glob("preprocess-*.log"))
-    assert len(logs) == 1 and "Token authentication" in logs[0].read_text(), logs
+    # Ray's chatter lands in the run's log file, not on the console. (Its token notice appears only
+    # when this machine's Ray token is first created, so it is not required to be in the log.)
+    assert len(logs) == 1 and "core_worker" in logs[0].read_text(), logs
+    assert "Token authentication" not in console and "core_worker" not in console, console
